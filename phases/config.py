@@ -1,0 +1,199 @@
+"""The schema of a run: dataclasses registered in Hydra's ConfigStore, plus the range checks.
+
+Hydra checks types while composing (`optimizer.lr=abc` fails there, before any code of ours runs);
+`validate` checks ranges and cross-references (a probe layer the arch does not declare) before any
+data is read or any folder is written. Each YAML file under `conf/` extends one of these schemas
+through its defaults list, so a misspelt key in a YAML file or on the command line fails at compose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+
+class ConfigError(ValueError):
+    """A setting is out of range; the message names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        super().__init__(f"{key}={value!r} is invalid: {allowed}")
+        self.key = key
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING  # key of the loader registry in phases.data, e.g. "fashion_mnist"
+    image_size: int = 32  # images are resized to image_size x image_size pixels
+    mean: list[float] = MISSING  # per-channel mean of pixels scaled to [0, 1], used to normalise
+    std: list[float] = MISSING  # per-channel standard deviation, same units
+    train_size: int | None = None  # train on a seeded subset of this many images; null = all
+    test_size: int | None = None  # evaluate on a seeded subset of this many images; null = all
+    download: bool = False  # fetch the official files through torchvision when they are missing
+
+
+@dataclass
+class ArchConfig:
+    name: str = MISSING  # key of the architecture registry in phases.models
+    width: float = 1.0  # channel multiplier: 0.25 keeps a quarter of every layer's channels
+
+
+@dataclass
+class OptimizerConfig:
+    # Instantiated with hydra.utils.instantiate(cfg.optimizer, params=...): every other field is a
+    # keyword argument of the optimizer class, so no setting is read in one place and ignored in another.
+    _target_: str = MISSING
+    lr: float = MISSING  # learning rate
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    _target_: str = "torch.optim.SGD"
+    lr: float = 0.002  # the paper's learning rate
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    _target_: str = "torch.optim.Adam"
+    lr: float = 0.001
+    weight_decay: float = 0.0
+
+
+@dataclass
+class ScheduleConfig:
+    max_steps: int = 2048  # optimizer updates; evaluation at 0, every power of two, and max_steps
+    batch_size: int = 128  # images per update
+
+
+@dataclass
+class ReconstructionProbeConfig:
+    # Ridge penalty relative to the features' scale: lambda = ridge * trace(X^T X) / features, so the
+    # same setting means the same regularisation at step 0 and after activations have grown 100-fold.
+    ridge: float = 1.0e-3
+
+
+@dataclass
+class LinearProbeConfig:
+    l2: float = 1.0e-3  # penalty on the squared weights, added to the mean cross-entropy
+    max_iterations: int = 30  # L-BFGS iterations on the full (cached) probe training set
+
+
+@dataclass
+class ProbeConfig:
+    layers: list[str] | None = None  # probe points to measure; null = every point the arch declares
+    train_size: int = 5000  # images the probes are fitted on (a seeded subset of the training split)
+    test_size: int = 5000  # images the probes are scored on (a seeded subset of the test split)
+    # Training images the classifier's own train accuracy is measured on; its test accuracy always
+    # uses the whole (possibly dataset.test_size-reduced) test split.
+    classifier_train_size: int = 10000
+    batch_size: int = 1000  # images per forward pass when collecting activations
+    # BatchNorm during extraction: precise_eval (eval mode, statistics recomputed on the probe's train
+    # images at the current weights), eval (running statistics as they are) or train (batch statistics
+    # in batches of schedule.batch_size: the published script's quirk). See phases/features.py.
+    bn_mode: str = "precise_eval"
+    # Each probe is a plug-in from phases.probes.PROBES; null switches it off.
+    reconstruction: ReconstructionProbeConfig | None = field(default_factory=ReconstructionProbeConfig)
+    linear: LinearProbeConfig | None = field(default_factory=LinearProbeConfig)
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = "${oc.env:PHASES_DATA_DIR,data}"  # datasets, in torchvision's folder layout
+    outputs: str = "outputs"  # runs/, figures/ and tables/ are written below this folder
+    # Where Debian's dataset packages put their files (e.g. dataset-fashion-mnist); null = not searched.
+    system_data_dir: str | None = "/usr/share/datasets"
+
+
+@dataclass
+class RunConfig:
+    dataset: DatasetConfig = MISSING
+    arch: ArchConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    probe: ProbeConfig = MISSING
+    schedule: ScheduleConfig = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 0  # seeds weights, data order and every subset
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda or cuda:N
+    force: bool = False  # rerun even when a finished run with the same config exists
+    progress: bool = True  # show the training progress bar
+
+
+def register_configs() -> None:
+    """Store the schemas so that `conf/**.yaml` can extend them (idempotent)."""
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    store.store(group="dataset", name="dataset_schema", node=DatasetConfig)
+    store.store(group="arch", name="arch_schema", node=ArchConfig)
+    store.store(group="optimizer", name="sgd_schema", node=SGDConfig)
+    store.store(group="optimizer", name="adam_schema", node=AdamConfig)
+    store.store(group="probe", name="probe_schema", node=ProbeConfig)
+    store.store(group="schedule", name="schedule_schema", node=ScheduleConfig)
+
+
+register_configs()
+
+
+def optimizer_name(cfg: DictConfig) -> str:
+    """`torch.optim.SGD` -> `sgd`: the name used in run ids and in the metrics table."""
+    return str(cfg.optimizer._target_).rsplit(".", 1)[-1].lower()
+
+
+def _require(condition: bool, key: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(key, value, allowed)
+
+
+def _check_optional_size(key: str, value: int | None) -> None:
+    _require(value is None or value >= 1, key, value, "a positive number of images, or null for all")
+
+
+def validate(cfg: DictConfig, probe_points: list[str]) -> None:
+    """Fail on the first out-of-range setting; `probe_points` are those the built arch declares."""
+    dataset = cfg.dataset
+    _require(dataset.image_size >= 8, "dataset.image_size", dataset.image_size, "an integer >= 8 (pixels)")
+    _require(len(dataset.mean) == len(dataset.std), "dataset.std", list(dataset.std),
+             f"one value per channel, like dataset.mean={list(dataset.mean)}")
+    for index, std in enumerate(dataset.std):
+        _require(std > 0, f"dataset.std[{index}]", std, "a positive standard deviation")
+    _check_optional_size("dataset.train_size", dataset.train_size)
+    _check_optional_size("dataset.test_size", dataset.test_size)
+
+    _require(cfg.arch.width > 0, "arch.width", cfg.arch.width, "a positive channel multiplier, e.g. 0.25 or 1")
+
+    optimizer = cfg.optimizer
+    _require(optimizer.lr > 0, "optimizer.lr", optimizer.lr, "a positive learning rate, e.g. 0.002")
+    if "momentum" in optimizer:
+        _require(0 <= optimizer.momentum < 1, "optimizer.momentum", optimizer.momentum, "a value in [0, 1)")
+    if "weight_decay" in optimizer:
+        _require(optimizer.weight_decay >= 0, "optimizer.weight_decay", optimizer.weight_decay, "a value >= 0")
+
+    schedule = cfg.schedule
+    _require(schedule.max_steps >= 1, "schedule.max_steps", schedule.max_steps, "an integer >= 1 (updates)")
+    _require(schedule.batch_size >= 1, "schedule.batch_size", schedule.batch_size, "an integer >= 1 (images)")
+
+    probe = cfg.probe
+    for key in ("train_size", "test_size", "classifier_train_size", "batch_size"):
+        _require(probe[key] >= 1, f"probe.{key}", probe[key], "an integer >= 1 (images)")
+    _require(probe.train_size >= 2, "probe.train_size", probe.train_size, "at least 2 images to fit a probe")
+    _require(probe.bn_mode in ("precise_eval", "eval", "train"), "probe.bn_mode", probe.bn_mode,
+             "precise_eval, eval or train")
+    if probe.layers is not None:
+        _require(len(probe.layers) > 0, "probe.layers", list(probe.layers),
+                 f"null (all) or a non-empty list of: {', '.join(probe_points)}")
+        for layer in probe.layers:
+            _require(layer in probe_points, "probe.layers", layer,
+                     f"arch {cfg.arch.name} declares the probe points {', '.join(probe_points)}")
+    if probe.reconstruction is not None:
+        _require(probe.reconstruction.ridge > 0, "probe.reconstruction.ridge", probe.reconstruction.ridge,
+                 "a positive relative ridge penalty, e.g. 1e-3")
+    if probe.linear is not None:
+        _require(probe.linear.l2 >= 0, "probe.linear.l2", probe.linear.l2, "a value >= 0")
+        _require(probe.linear.max_iterations >= 1, "probe.linear.max_iterations",
+                 probe.linear.max_iterations, "an integer >= 1")
+
+    _require(cfg.device == "auto" or cfg.device == "cpu" or str(cfg.device).startswith("cuda"),
+             "device", cfg.device, "auto, cpu, cuda or cuda:N")

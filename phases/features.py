@@ -1,0 +1,85 @@
+"""Activations of a frozen network at its probe points: one forward pass, every point at once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from phases.models import ProbedNetwork
+
+# How BatchNorm layers normalise while activations are extracted (probe.bn_mode):
+#   precise_eval - eval mode, with population statistics recomputed at the current weights;
+#   eval         - eval mode with the running statistics as training left them;
+#   train        - batch statistics, as the published script extracts (its quirk).
+BN_MODES = ("precise_eval", "eval", "train")
+
+
+@contextmanager
+def frozen(model: nn.Module, bn_mode: str, calibration_images: torch.Tensor, batch_size: int) -> Iterator[None]:
+    """The model ready for extraction in `bn_mode`; its training state is restored afterwards.
+
+    Why `precise_eval` exists: running statistics start at mean 0 / variance 1 and follow the
+    weights with momentum 0.1, so during the first hundred or so updates plain eval mode measures
+    a network whose normalisation lags its weights, a network that is never trained. Recomputing
+    the statistics on `calibration_images` (PreciseBN) measures the network as it is now.
+    """
+    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    saved = [(norm.running_mean.clone(), norm.running_var.clone(), norm.num_batches_tracked.clone(), norm.momentum)
+             for norm in norms]
+    was_training = model.training
+    model.eval()
+    try:
+        if bn_mode == "precise_eval" and norms:
+            for norm in norms:
+                norm.reset_running_stats()
+                norm.momentum = None  # a cumulative average over the calibration batches
+                norm.train()
+            with torch.no_grad():
+                for start in range(0, len(calibration_images), batch_size):
+                    model(calibration_images[start : start + batch_size])
+            for norm in norms:
+                norm.eval()
+        elif bn_mode == "train":
+            for norm in norms:
+                norm.momentum = 0.0  # normalise with batch statistics but leave running statistics as they are
+                norm.train()
+        elif bn_mode not in BN_MODES:
+            raise ValueError(f"bn_mode={bn_mode!r}; expected one of {', '.join(BN_MODES)}")
+        yield
+    finally:
+        for norm, (mean, variance, batches, momentum) in zip(norms, saved, strict=True):
+            norm.running_mean.copy_(mean)
+            norm.running_var.copy_(variance)
+            norm.num_batches_tracked.copy_(batches)
+            norm.momentum = momentum
+        model.train(was_training)
+
+
+@torch.no_grad()
+def collect_activations(
+    model: ProbedNetwork, images: torch.Tensor, points: list[str], batch_size: int
+) -> dict[str, torch.Tensor]:
+    """Flattened float32 activations, (images, features) per point, in `images`' order.
+
+    The caller sets the model's mode (see `frozen`). Forward hooks capture
+    every requested point during the same pass, so adding a probe point adds no forward pass.
+    """
+    outputs: dict[str, list[torch.Tensor]] = {point: [] for point in points}
+    handles = []
+    for point in points:
+        module = model.get_submodule(model.probe_points[point])
+
+        def keep(_module, _inputs, output, point=point):
+            outputs[point].append(output.detach().flatten(1).float())
+
+        handles.append(module.register_forward_hook(keep))
+    try:
+        for start in range(0, len(images), batch_size):
+            model(images[start : start + batch_size])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {point: torch.cat(chunks) for point, chunks in outputs.items()}

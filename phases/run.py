@@ -1,0 +1,125 @@
+"""Train one classifier and measure its learning phases; the Hydra entry point.
+
+    python -m phases.run                                   # Fashion-MNIST, VGG-8, 2048 steps on CPU
+    python -m phases.run schedule.max_steps=256 seed=1     # overrides
+    python -m phases.run -m seed=0,1,2                     # a sweep: one run per seed
+    python -m phases.run --cfg job                         # print the composed config, run nothing
+
+Results go to <paths.outputs>/runs/<run_id>/ (metrics.parquet, config.yaml, run.json).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from phases import store
+from phases.config import ConfigError, optimizer_name, validate
+from phases.data import DataFormatError, DataNotFoundError, dataset_info, load_image_splits
+from phases.evaluation import Evaluator
+from phases.models import build_model
+from phases.train import train
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", name, "auto or cpu: this machine has no CUDA device")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def execute(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or skip) one configuration; returns its run.json content."""
+    # Everything that can be wrong with the input is checked before any folder is written.
+    device = resolve_device(cfg.device)
+    info = dataset_info(cfg.dataset)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.arch, info)
+    validate(cfg, list(model.probe_points))
+    folder = store.run_folder(cfg)
+    identifier = folder.name
+    if store.read_run_status(folder) == "done" and not cfg.force:
+        print(f"run {identifier} is already done: {folder} (add force=true to rerun it)")
+        return {"run_id": identifier, "status": "skipped"}
+    splits = load_image_splits(cfg.dataset, cfg.paths, cfg.seed, device)
+    if cfg.schedule.batch_size > len(splits.train_labels):
+        raise ConfigError("schedule.batch_size", cfg.schedule.batch_size,
+                          f"at most the {len(splits.train_labels)} training images")
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.parquet").unlink(missing_ok=True)  # left by an earlier, unfinished attempt
+    store.write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    record: dict[str, Any] = {
+        "run_id": identifier,
+        "status": "running",
+        "error": None,
+        "command": sys.argv,
+        "data_source": splits.source,
+        "started_at": store.now(),
+        **store.provenance(str(device)),
+    }
+    store.write_json(folder / "run.json", record)
+    started = time.perf_counter()
+
+    model = model.to(device)
+    optimizer = hydra.utils.instantiate(cfg.optimizer, params=model.parameters())
+    evaluator = Evaluator(model, splits, cfg.probe, cfg.seed, cfg.schedule.batch_size)
+    identity = {"run_id": identifier, "dataset": cfg.dataset.name, "arch": cfg.arch.name,
+                "optimizer": optimizer_name(cfg), "seed": cfg.seed}
+    rows: list[dict[str, Any]] = []
+
+    def evaluate(step: int, epoch: float) -> float:
+        measured = evaluator()
+        rows.extend({**identity, "step": step, "epoch": epoch, **row} for row in measured)
+        # Rewritten whole after every evaluation: a reader sees the steps so far, never a partial file.
+        store.write_metrics(folder / "metrics.parquet", rows)
+        record["steps_evaluated"] = step
+        return next(row["value"] for row in measured
+                    if row["probe"] == "classifier" and row["metric"] == "accuracy" and row["split"] == "test")
+
+    try:
+        times = train(model, optimizer, splits, cfg.schedule, cfg.seed, evaluate, progress=cfg.progress)
+    except BaseException as error:
+        record.update(status="failed", error=f"{type(error).__name__}: {error}", ended_at=store.now(),
+                      wall_time_s=round(time.perf_counter() - started, 3))
+        store.write_json(folder / "run.json", record)
+        raise
+    record.update(
+        status="done",
+        ended_at=store.now(),
+        wall_time_s=round(time.perf_counter() - started, 3),
+        training_time_s=round(times.training_seconds, 3),
+        probing_time_s=round(times.evaluation_seconds, 3),
+    )
+    store.write_json(folder / "run.json", record)
+    print(f"run {identifier} done in {record['wall_time_s']:.0f} s (training {record['training_time_s']:.0f} s, "
+          f"probing {record['probing_time_s']:.0f} s): {folder}")
+    return record
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        execute(cfg)
+    except (ConfigError, DataNotFoundError, DataFormatError) as error:
+        # Input errors are the user's to fix: the message says what and how; a traceback would bury it.
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from phases.config import ConfigError, validate
+from phases.data import dataset_info
+from phases.models import build_model
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("dataset", "arch", "optimizer", "probe", "schedule")
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def probe_points(cfg) -> list[str]:
+    return list(build_model(cfg.arch, dataset_info(cfg.dataset)).probe_points)
+
+
+def test_defaults_are_the_papers_protocol():
+    cfg = composed()
+    assert (cfg.dataset.name, cfg.arch.name) == ("fashion_mnist", "vgg8")
+    assert cfg.optimizer._target_ == "torch.optim.SGD"
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.002, 0.9, 0.0)
+    assert (cfg.schedule.batch_size, cfg.schedule.max_steps) == (128, 2048)
+    assert (list(cfg.dataset.mean), list(cfg.dataset.std), cfg.dataset.image_size) == ([0.281], [0.352], 32)
+    validate(cfg, probe_points(cfg))
+
+
+@pytest.mark.parametrize(
+    "group, option",
+    [(group, path.stem) for group in GROUPS for path in sorted((CONFIG_DIR / group).glob("*.yaml"))],
+)
+def test_every_config_option_composes_and_validates(group, option):
+    cfg = composed(f"{group}={option}")
+    validate(cfg, probe_points(cfg))
+
+
+@pytest.mark.parametrize("override", ["optimizer.lr=abc", "schedule.max_steps=1.5", "probe.train_size=many"])
+def test_wrong_types_fail_at_compose_time(override):
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        composed(override)
+
+
+def test_misspelt_keys_fail_at_compose_time():
+    with pytest.raises(ConfigCompositionException, match="learning_rate"):
+        composed("optimizer.learning_rate=0.1")
+
+
+def test_unknown_arch_option_lists_the_known_ones():
+    with pytest.raises(ConfigCompositionException, match="vgg8"):
+        composed("arch=nope")
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("optimizer.lr=-1", "optimizer.lr"),
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("optimizer.momentum=1.5", "optimizer.momentum"),
+        ("schedule.batch_size=0", "schedule.batch_size"),
+        ("schedule.max_steps=0", "schedule.max_steps"),
+        ("arch.width=0", "arch.width"),
+        ("probe.train_size=0", "probe.train_size"),
+        ("probe.layers=[block9]", "probe.layers"),
+        ("probe.reconstruction.ridge=0", "probe.reconstruction.ridge"),
+        ("dataset.std=[0]", "dataset.std[0]"),
+        ("dataset.train_size=0", "dataset.train_size"),
+        ("device=tpu", "device"),
+    ],
+)
+def test_out_of_range_values_name_the_key_and_value(override, key):
+    cfg = composed(override)
+    with pytest.raises(ConfigError) as raised:
+        validate(cfg, probe_points(cfg))
+    assert raised.value.key == key
+    assert str(raised.value).startswith(f"{key}=")
+
+
+def test_unknown_probe_layer_error_lists_the_archs_probe_points():
+    cfg = composed("probe.layers=[block5,penultimate]")
+    with pytest.raises(ConfigError, match="block1, block2, block3, block4, block5, logits"):
+        validate(cfg, probe_points(cfg))

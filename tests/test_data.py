@@ -1,0 +1,116 @@
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from phases import data
+from phases.data import DataFormatError, DataNotFoundError, load_image_splits, read_idx
+from tests.conftest import write_idx, write_mnist_like
+
+FASHION = OmegaConf.create({"name": "fashion_mnist", "image_size": 32, "mean": [0.281], "std": [0.352],
+                            "train_size": None, "test_size": None, "download": False})
+
+
+@pytest.mark.parametrize("name", ["images-idx3-ubyte", "images-idx3-ubyte.gz"])
+def test_idx_round_trip_plain_and_gzipped(tmp_path, name):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    assert np.array_equal(read_idx(write_idx(tmp_path / name, array)), array)
+
+
+def test_truncated_idx_file_names_the_file_and_the_problem(tmp_path):
+    path = write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((10, 28, 28), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataFormatError, match=r"train-images-idx3-ubyte: .* truncated or corrupt"):
+        read_idx(path)
+
+
+def test_truncated_gzip_is_a_format_error_not_a_crash(tmp_path):
+    path = write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(1000, dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(DataFormatError, match="train-labels-idx1-ubyte.gz"):
+        read_idx(path)
+
+
+def test_a_file_that_is_not_idx_is_rejected(tmp_path):
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_text("<html>404 not found</html>")
+    with pytest.raises(DataFormatError, match="not an IDX file"):
+        read_idx(path)
+
+
+def test_loads_generated_files_as_normalised_32x32_tensors(paths_without_system_copy):
+    splits = load_image_splits(FASHION, paths_without_system_copy, seed=0, device=torch.device("cpu"))
+    assert splits.train_images.shape == (256, 1, 32, 32) and splits.test_images.shape == (128, 1, 32, 32)
+    assert splits.train_images.dtype == torch.float32 and splits.train_labels.dtype == torch.int64
+    assert sorted(splits.train_labels.unique().tolist()) == list(range(10))
+    raw = read_idx(Path(paths_without_system_copy.data_dir) / "FashionMNIST/raw/t10k-images-idx3-ubyte.gz")
+    # Normalisation is (pixel/255 - mean) / std; bilinear upsampling keeps the image mean nearly unchanged.
+    expected_mean = (raw.mean() / 255 - 0.281) / 0.352
+    assert splits.test_images.mean().item() == pytest.approx(expected_mean, abs=0.02)
+
+
+def test_plain_idx_files_are_read_too(tmp_path):
+    write_mnist_like(tmp_path / "FashionMNIST" / "raw", train=20, test=10, gzipped=False)
+    paths = OmegaConf.create({"data_dir": str(tmp_path), "system_data_dir": None})
+    assert len(load_image_splits(FASHION, paths, 0, torch.device("cpu")).test_labels) == 10
+
+
+def test_seeded_subsets_are_deterministic_and_differ_across_seeds(paths_without_system_copy):
+    cfg = OmegaConf.merge(FASHION, {"train_size": 50, "test_size": 20})
+    first = load_image_splits(cfg, paths_without_system_copy, 3, torch.device("cpu"))
+    again = load_image_splits(cfg, paths_without_system_copy, 3, torch.device("cpu"))
+    other = load_image_splits(cfg, paths_without_system_copy, 4, torch.device("cpu"))
+    assert first.train_images.shape[0] == 50 and first.test_images.shape[0] == 20
+    assert torch.equal(first.train_images, again.train_images)
+    assert not torch.equal(first.train_images, other.train_images)
+
+
+def test_missing_data_names_files_folders_and_how_to_get_them(tmp_path, monkeypatch):
+    def no_download(*_):
+        raise AssertionError("download attempted without dataset.download=true")
+
+    monkeypatch.setattr(data, "download", no_download)
+    paths = OmegaConf.create({"data_dir": str(tmp_path / "empty"), "system_data_dir": str(tmp_path / "system")})
+    with pytest.raises(DataNotFoundError) as raised:
+        load_image_splits(FASHION, paths, 0, torch.device("cpu"))
+    message = str(raised.value)
+    for expected in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+                     str(tmp_path / "empty" / "FashionMNIST" / "raw"),
+                     str(tmp_path / "system" / "fashion-mnist"), "dataset.download=true",
+                     "apt-get install dataset-fashion-mnist"):
+        assert expected in message
+
+
+def test_download_is_used_only_when_asked(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_download(name, paths):
+        calls.append(name)
+        write_mnist_like(tmp_path / "FashionMNIST" / "raw", train=20, test=10)
+
+    monkeypatch.setattr(data, "download", fake_download)
+    paths = OmegaConf.create({"data_dir": str(tmp_path), "system_data_dir": None})
+    splits = load_image_splits(OmegaConf.merge(FASHION, {"download": True}), paths, 0, torch.device("cpu"))
+    assert calls == ["fashion_mnist"] and len(splits.train_labels) == 20
+
+
+def test_labels_out_of_range_are_rejected(tmp_path):
+    folder = write_mnist_like(tmp_path / "FashionMNIST" / "raw", train=20, test=10)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.full(10, 12, dtype=np.uint8))
+    paths = OmegaConf.create({"data_dir": str(tmp_path), "system_data_dir": None})
+    with pytest.raises(DataFormatError, match="t10k-labels-idx1-ubyte.gz: labels span 12..12, expected 0..9"):
+        load_image_splits(FASHION, paths, 0, torch.device("cpu"))
+
+
+def test_real_fashion_mnist_system_copy(real_fashion_mnist, tmp_path):
+    paths = OmegaConf.create({"data_dir": str(tmp_path), "system_data_dir": str(real_fashion_mnist.parent)})
+    splits = load_image_splits(FASHION, paths, 0, torch.device("cpu"))
+    assert splits.train_images.shape == (60000, 1, 32, 32) and splits.test_images.shape == (10000, 1, 32, 32)
+    assert torch.bincount(splits.train_labels).tolist() == [6000] * 10
+    # The published normalisation constants bring the training pixels to about zero mean, unit std.
+    assert abs(splits.train_images.mean().item()) < 0.05
+    assert splits.train_images.std().item() == pytest.approx(1.0, abs=0.05)
+    assert gzip.open(real_fashion_mnist / "train-images-idx3-ubyte.gz").read(4) == bytes([0, 0, 8, 3])

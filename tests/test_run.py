@@ -1,0 +1,130 @@
+"""End to end, as a user runs it: `python -m phases.run ...` in a subprocess, on generated IDX files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from phases.schedule import evaluation_steps
+from phases.store import METRICS_SCHEMA
+from tests.conftest import REPOSITORY
+
+pytestmark = pytest.mark.slow
+
+QUICK = ["schedule.max_steps=4", "schedule.batch_size=32", "probe.train_size=64", "probe.test_size=48",
+         "probe.classifier_train_size=100", "probe.batch_size=50", "arch.width=0.25", "progress=false",
+         "paths.system_data_dir=null"]
+VGG8_POINTS = ["block1", "block2", "block3", "block4", "block5", "logits"]
+
+
+def run_phases(*overrides: str, data_dir: Path, outputs: Path) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PHASES_DATA_DIR": str(data_dir)}
+    return subprocess.run(
+        [sys.executable, "-m", "phases.run", *QUICK, f"paths.outputs={outputs}", *overrides],
+        cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One quick run, shared by the tests that only read its outputs."""
+    from tests.conftest import write_mnist_like
+
+    root = tmp_path_factory.mktemp("run")
+    data_dir = root / "data"
+    write_mnist_like(data_dir / "FashionMNIST" / "raw")
+    outputs = root / "outputs"
+    result = run_phases(data_dir=data_dir, outputs=outputs)
+    assert result.returncode == 0, result.stderr
+    (folder,) = (outputs / "runs").iterdir()
+    return {"data_dir": data_dir, "outputs": outputs, "folder": folder, "result": result}
+
+
+def test_run_folder_has_config_provenance_and_metrics(finished_run):
+    folder = finished_run["folder"]
+    assert folder.name.startswith("fashion_mnist-vgg8-sgd-s0-") and len(folder.name.rsplit("-", 1)[1]) == 8
+    assert sorted(path.name for path in folder.iterdir()) == ["config.yaml", "metrics.parquet", "run.json"]
+    record = json.loads((folder / "run.json").read_text())
+    assert record["status"] == "done" and record["run_id"] == folder.name
+    for key in ("git_commit", "git_dirty", "versions", "host", "device", "started_at", "ended_at",
+                "wall_time_s", "training_time_s", "probing_time_s"):
+        assert key in record
+    assert set(record["versions"]) >= {"python", "torch", "torchvision", "hydra"}
+    assert record["training_time_s"] + record["probing_time_s"] <= record["wall_time_s"]
+
+
+def test_metrics_have_the_exact_schema_and_one_row_per_measurement(finished_run):
+    table = pq.read_table(finished_run["folder"] / "metrics.parquet")
+    assert table.schema.remove_metadata() == METRICS_SCHEMA
+    frame = table.to_pandas()
+    steps = evaluation_steps(4)
+    assert sorted(frame["step"].unique()) == steps
+    # Per step: classifier 2 metrics x 2 splits; per probe point: reconstruction mse x 2 splits and
+    # linear accuracy/cross_entropy x 2 splits.
+    assert len(frame) == len(steps) * (4 + len(VGG8_POINTS) * (2 + 4))
+    assert not frame.duplicated(["step", "layer", "probe", "metric", "split"]).any()
+    assert set(frame["layer"]) == {"output", *VGG8_POINTS}
+    assert set(frame["probe"]) == {"classifier", "reconstruction", "linear"}
+    reconstruction = frame.query("probe == 'reconstruction'")
+    assert set(reconstruction["metric"]) == {"mse"} and (reconstruction["value"] > 0).all()
+    accuracy = frame.query("metric == 'accuracy'")["value"]
+    assert accuracy.between(0, 1).all()
+    assert frame["epoch"].tolist() == pytest.approx((frame["step"] * 32 / 256).tolist())
+    assert set(frame["run_id"]) == {finished_run["folder"].name} and set(frame["seed"]) == {0}
+
+
+def test_same_config_again_is_skipped_and_force_reruns(finished_run):
+    folder = finished_run["folder"]
+    metrics = folder / "metrics.parquet"
+    modified = metrics.stat().st_mtime_ns
+    again = run_phases(data_dir=finished_run["data_dir"], outputs=finished_run["outputs"])
+    assert again.returncode == 0
+    assert f"run {folder.name} is already done" in again.stdout and "force=true" in again.stdout
+    assert metrics.stat().st_mtime_ns == modified
+    forced = run_phases("force=true", data_dir=finished_run["data_dir"], outputs=finished_run["outputs"])
+    assert forced.returncode == 0 and metrics.stat().st_mtime_ns != modified
+    assert [path.name for path in (finished_run["outputs"] / "runs").iterdir()] == [folder.name]
+
+
+def test_settings_that_do_not_change_results_keep_the_run_id(finished_run, tmp_path):
+    skipped = run_phases("device=cpu", "probe.batch_size=7", data_dir=finished_run["data_dir"],
+                         outputs=finished_run["outputs"])
+    assert "already done" in skipped.stdout
+    other_seed = run_phases("seed=1", "schedule.max_steps=1", data_dir=finished_run["data_dir"],
+                            outputs=tmp_path / "outputs")
+    assert other_seed.returncode == 0, other_seed.stderr
+    (folder,) = (tmp_path / "outputs" / "runs").iterdir()
+    assert folder.name.startswith("fashion_mnist-vgg8-sgd-s1-") and folder.name != finished_run["folder"].name
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("arch=nope", "Available options in 'arch'"),
+        ("optimizer.lr=-1", "optimizer.lr=-1.0 is invalid: a positive learning rate"),
+        ("schedule.batch_size=0", "schedule.batch_size=0 is invalid"),
+        ("probe.layers=[block9]", "probe.layers='block9' is invalid: arch vgg8 declares the probe points block1"),
+        ("schedule.batch_size=1000", "schedule.batch_size=1000 is invalid: at most the 256 training images"),
+        ("optimizer.lr=fast", "optimizer.lr"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_a_message_and_writes_no_run(data_dir, tmp_path, override, message):
+    result = run_phases(override, data_dir=data_dir, outputs=tmp_path / "outputs")
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "outputs" / "runs").exists()
+
+
+def test_missing_data_exits_non_zero_naming_files_folders_and_remedies(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_phases(data_dir=empty, outputs=tmp_path / "outputs")
+    assert result.returncode != 0
+    for expected in ("train-images-idx3-ubyte", str(empty / "FashionMNIST" / "raw"), "dataset.download=true"):
+        assert expected in result.stderr
+    assert not (tmp_path / "outputs" / "runs").exists()
