@@ -26,9 +26,13 @@ RECONSTRUCTION_COLOUR = "tab:blue"
 ACCURACY_COLOUR = "tab:orange"
 
 
-def _log2_step_axis(axis: plt.Axes) -> None:
+def _log2_step_axis(axis: plt.Axes, last_step: int) -> None:
     # Step 0 (the untrained network) has to stay on a log axis: linear between 0 and 1, log2 beyond.
     axis.set_xscale("symlog", base=2, linthresh=1)
+    exponents = range(0, int(last_step).bit_length())
+    every = max(1, -(-len(exponents) // 6))  # at most about 7 labelled ticks
+    ticks = [0] + [2**exponent for exponent in exponents[::every]]
+    axis.set_xticks(ticks, [f"{tick // 1024}k" if tick >= 1024 else str(tick) for tick in ticks])
     axis.set_xlabel("training step (log2 scale)")
 
 
@@ -44,12 +48,10 @@ def reconstruction_figure(run_metrics: pd.DataFrame) -> plt.Figure:
         curve = reconstruction[reconstruction["layer"] == layer].sort_values("step")
         sns.lineplot(data=curve, x="step", y="value", marker="o", color=RECONSTRUCTION_COLOUR, ax=axis)
         minimum = curve.loc[curve["value"].idxmin()]
-        axis.scatter([minimum["step"]], [minimum["value"]], s=90, facecolors="none",
-                     edgecolors="black", zorder=5, label=f"minimum at step {int(minimum['step'])}")
-        axis.set_title(layer)
+        axis.scatter([minimum["step"]], [minimum["value"]], s=90, facecolors="none", edgecolors="black", zorder=5)
+        axis.set_title(f"{layer}  (circle: minimum, step {int(minimum['step'])})", fontsize=10)
         axis.set_ylabel("reconstruction MSE per pixel (test)", color=RECONSTRUCTION_COLOUR)
-        _log2_step_axis(axis)
-        axis.legend(loc="upper center", fontsize=8, frameon=False)
+        _log2_step_axis(axis, curve["step"].max())
         accuracy_axis = axis.twinx()
         accuracy_axis.plot(accuracy["step"], accuracy["value"], color=ACCURACY_COLOUR, linestyle="--")
         accuracy_axis.set_ylabel("classifier test accuracy", color=ACCURACY_COLOUR)

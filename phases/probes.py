@@ -54,10 +54,10 @@ def fit_ridge(features: torch.Tensor, targets: torch.Tensor, ridge: float) -> tu
     else:
         raise torch.linalg.LinAlgError(f"ridge system not positive definite even in float64 (ridge={ridge})")
     if primal:
-        weight = torch.cholesky_solve((centred.T @ centred_targets).double(), cholesky)
+        weight = torch.cholesky_solve((centred.T @ centred_targets).double(), cholesky).float()
     else:
-        weight = centred.T.double() @ torch.cholesky_solve(centred_targets.double(), cholesky)
-    weight = weight.float()
+        # The (features x images) @ (images x outputs) product is as large as the Gram: keep it in float32.
+        weight = centred.T @ torch.cholesky_solve(centred_targets.double(), cholesky).float()
     return weight, target_mean - feature_mean @ weight
 
 

@@ -128,3 +128,24 @@ def test_missing_data_exits_non_zero_naming_files_folders_and_remedies(tmp_path)
     for expected in ("train-images-idx3-ubyte", str(empty / "FashionMNIST" / "raw"), "dataset.download=true"):
         assert expected in result.stderr
     assert not (tmp_path / "outputs" / "runs").exists()
+
+
+def test_figures_are_drawn_from_the_runs_without_importing_torch(finished_run):
+    outputs = finished_run["outputs"]
+    script = ("import sys, phases.figures as figures; from pathlib import Path; "
+              f"written = figures.draw_all(Path({str(outputs)!r})); "
+              "assert 'torch' not in sys.modules, 'the analysis side imported torch'; print(len(written))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"
+    run = finished_run["folder"].name
+    for suffix in ("png", "pdf"):
+        drawn = outputs / "figures" / f"reconstruction_mse-{run}.{suffix}"
+        assert drawn.stat().st_size > 10_000
+
+
+def test_figures_without_runs_say_how_to_make_some(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "phases.figures", "--outputs", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "make demo" in result.stdout
+    assert not (tmp_path / "figures").exists()
