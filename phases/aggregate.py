@@ -6,22 +6,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 
+from phases.store import read_run_status
+
 
 def run_folders(outputs: Path) -> list[Path]:
     return sorted(path for path in (outputs / "runs").glob("*") if path.is_dir())
-
-
-def run_status(folder: Path) -> str:
-    try:
-        return json.loads((folder / "run.json").read_text()).get("status", "unknown")
-    except (OSError, ValueError):
-        return "unknown"
 
 
 def load_metrics(outputs: Path) -> pd.DataFrame:
@@ -31,7 +25,7 @@ def load_metrics(outputs: Path) -> pd.DataFrame:
         metrics = folder / "metrics.parquet"
         if metrics.is_file():
             table = pq.read_table(metrics).to_pandas()
-            table["status"] = run_status(folder)
+            table["status"] = read_run_status(folder) or "unknown"
             tables.append(table)
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from phases.data import ImageSplits, seeded_subset
+from phases.data import ImageSplits, seeded_subset, subset_generator
 from phases.features import collect_activations, frozen
 from phases.models import ProbedNetwork
 from phases.probes import ProbeData, build_probes
@@ -35,7 +35,7 @@ def evaluation_sets(splits: ImageSplits, probe_cfg: DictConfig, seed: int) -> di
     train_count = min(train_total, max(probe_cfg.classifier_train_size, probe_cfg.train_size))
     train_indices = seeded_subset(train_total, train_count, seed, "evaluation.train")
     # The whole test split, shuffled, so its first rows are a seeded probe subset.
-    test_indices = torch.randperm(test_total, generator=torch.Generator().manual_seed(seed))
+    test_indices = torch.randperm(test_total, generator=subset_generator(seed, "evaluation.test"))
     device = splits.train_images.device
     train_indices, test_indices = train_indices.to(device), test_indices.to(device)
     return {

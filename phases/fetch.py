@@ -24,18 +24,13 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def install_debian_package(package: str) -> bool:
-    """apt-get install, refreshing the package lists once if the package is unknown."""
+    """apt-get install as root on Debian; refreshes the package lists first, as a new machine needs."""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         return False
-    for attempt in ("install", "update-then-install"):
-        if attempt == "update-then-install":
-            subprocess.run(["apt-get", "update", "-qq"], check=False)
-        print(f"installing Debian's {package} with apt-get", flush=True)
-        result = subprocess.run(["apt-get", "install", "-y", "-qq", package], check=False,
-                                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        if result.returncode == 0:
-            return True
-    return False
+    print(f"installing Debian's {package} with apt-get", flush=True)
+    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=environment)
+    return subprocess.run(["apt-get", "install", "-y", "-qq", package], check=False, env=environment).returncode == 0
 
 
 def ensure_available(name: str, paths: DictConfig) -> Path:

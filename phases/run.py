@@ -45,11 +45,11 @@ def seed_everything(seed: int) -> None:
 def execute(cfg: DictConfig) -> dict[str, Any]:
     """Run (or skip) one configuration; returns its run.json content."""
     # Everything that can be wrong with the input is checked before any folder is written.
-    device = resolve_device(cfg.device)
     info = dataset_info(cfg.dataset)
     seed_everything(cfg.seed)
     model = build_model(cfg.arch, info)
     validate(cfg, list(model.probe_points))
+    device = resolve_device(cfg.device)
     folder = store.run_folder(cfg)
     identifier = folder.name
     if store.read_run_status(folder) == "done" and not cfg.force:

@@ -110,6 +110,8 @@ def test_settings_that_do_not_change_results_keep_the_run_id(finished_run, tmp_p
         ("probe.layers=[block9]", "probe.layers='block9' is invalid: arch vgg8 declares the probe points block1"),
         ("schedule.batch_size=1000", "schedule.batch_size=1000 is invalid: at most the 256 training images"),
         ("optimizer.lr=fast", "optimizer.lr"),
+        ("device=tpu", "device='tpu' is invalid: auto, cpu, cuda or cuda:N"),
+        ("probe.bn_mode=batch", "probe.bn_mode='batch' is invalid: precise_eval, eval or train"),
     ],
 )
 def test_bad_input_exits_non_zero_with_a_message_and_writes_no_run(data_dir, tmp_path, override, message):
