@@ -41,6 +41,12 @@ class ArchConfig:
 
 
 @dataclass
+class MLPArchConfig(ArchConfig):
+    name: str = "mlp"
+    hidden_sizes: list[int] = field(default_factory=lambda: [512, 256])  # units per hidden layer, before width
+
+
+@dataclass
 class OptimizerConfig:
     # Instantiated with hydra.utils.instantiate(cfg.optimizer, params=...): every other field is a
     # keyword argument of the optimizer class, so no setting is read in one place and ignored in another.
@@ -128,6 +134,7 @@ def register_configs() -> None:
     store.store(name="run_schema", node=RunConfig)
     store.store(group="dataset", name="dataset_schema", node=DatasetConfig)
     store.store(group="arch", name="arch_schema", node=ArchConfig)
+    store.store(group="arch", name="mlp_schema", node=MLPArchConfig)
     store.store(group="optimizer", name="sgd_schema", node=SGDConfig)
     store.store(group="optimizer", name="adam_schema", node=AdamConfig)
     store.store(group="probe", name="probe_schema", node=ProbeConfig)
@@ -163,6 +170,9 @@ def validate(cfg: DictConfig, probe_points: list[str]) -> None:
     _check_optional_size("dataset.test_size", dataset.test_size)
 
     _require(cfg.arch.width > 0, "arch.width", cfg.arch.width, "a positive channel multiplier, e.g. 0.25 or 1")
+    if "hidden_sizes" in cfg.arch:
+        _require(len(cfg.arch.hidden_sizes) > 0 and all(size >= 1 for size in cfg.arch.hidden_sizes),
+                 "arch.hidden_sizes", list(cfg.arch.hidden_sizes), "a non-empty list of positive layer sizes")
 
     optimizer = cfg.optimizer
     _require(optimizer.lr > 0, "optimizer.lr", optimizer.lr, "a positive learning rate, e.g. 0.002")

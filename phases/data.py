@@ -1,8 +1,9 @@
 """Datasets as normalised image tensors on the training device, read from the official files.
 
-MNIST and Fashion-MNIST come as IDX files (gzipped or not), found in torchvision's folder layout
-under `paths.data_dir` (`<data_dir>/FashionMNIST/raw/...`) so an existing torchvision data folder
-works as is, or in the system copy of Debian's dataset packages. Nothing is downloaded unless
+MNIST and Fashion-MNIST come as IDX files (gzipped or not), CIFAR-10/100 as python batches, found in
+torchvision's folder layout under `paths.data_dir` (`<data_dir>/FashionMNIST/raw/...`,
+`<data_dir>/cifar-10-batches-py/...`) so an existing torchvision data folder works as is, or, for
+Fashion-MNIST, in the system copy of Debian's dataset package. Nothing is downloaded unless
 `dataset.download=true`, and then through torchvision, which verifies the official checksums.
 """
 
@@ -11,8 +12,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
+import pickle
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,30 +52,6 @@ class ImageSplits:
     source: str  # the folder the files were read from, for run.json
 
 
-@dataclass(frozen=True)
-class IdxDataset:
-    """Where the four IDX files of an MNIST-like dataset are found, and how to fetch them."""
-
-    torchvision_name: str  # class in torchvision.datasets, also its folder: <data_dir>/<name>/raw/
-    system_folder: str | None  # folder below paths.system_data_dir holding Debian's copy, if packaged
-    debian_package: str | None
-    classes: int
-    channels: int = 1
-
-
-IDX_DATASETS: dict[str, IdxDataset] = {
-    "fashion_mnist": IdxDataset("FashionMNIST", "fashion-mnist", "dataset-fashion-mnist", classes=10),
-    "mnist": IdxDataset("MNIST", None, None, classes=10),
-}
-
-# The official file names; each may also be present gzipped (`.gz`), as distributed.
-IDX_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
-
 # The IDX type byte -> numpy dtype (multi-byte types are big-endian in the format).
 IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -104,42 +84,127 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header_bytes).reshape(shape)
 
 
+def read_idx_splits(files: dict[str, Path]) -> dict[str, np.ndarray]:
+    return {role: read_idx(path) for role, path in files.items()}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """CIFAR's python batches are pickles; allow only what they contain (dicts, lists, numpy arrays),
+    so a foreign file in the data folder cannot run code while being read."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR python batch: (images (N, 32, 32, 3) uint8, labels (N,))."""
+    try:
+        with open(path, "rb") as file:
+            content = _CifarUnpickler(file, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
+        raise DataFormatError(f"{path}: not a CIFAR python batch, or truncated ({type(error).__name__}: {error})") \
+            from error
+    if not isinstance(content, dict) or b"data" not in content or label_key not in content:
+        keys = sorted(content) if isinstance(content, dict) else type(content).__name__
+        raise DataFormatError(f"{path}: expected a dict with b'data' and {label_key!r}, found {keys}")
+    data, labels = np.asarray(content[b"data"]), np.asarray(content[label_key])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataFormatError(f"{path}: b'data' is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
+    if labels.shape != (len(data),):
+        raise DataFormatError(f"{path}: {labels.shape} labels for {len(data)} images")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def read_cifar_splits(files: dict[str, Path], label_key: bytes) -> dict[str, np.ndarray]:
+    """Roles `train*` are concatenated in order into the training split, `test*` into the test split."""
+    splits: dict[str, np.ndarray] = {}
+    for split in ("train", "test"):
+        batches = [read_cifar_batch(path, label_key) for role, path in files.items() if role.startswith(split)]
+        splits[f"{split}_images"] = np.concatenate([images for images, _ in batches])
+        splits[f"{split}_labels"] = np.concatenate([labels for _, labels in batches])
+    return splits
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a dataset's official files are found, how they are read, and how to fetch them."""
+
+    torchvision_name: str  # class in torchvision.datasets, used by dataset.download=true
+    folder: str  # the files' folder below paths.data_dir, in torchvision's layout
+    files: dict[str, str]  # role -> official file name
+    read: Callable[[dict[str, Path]], dict[str, np.ndarray]]  # files -> {train,test}_{images,labels}
+    classes: int
+    channels: int
+    gzip_variants: bool = False  # the files may also be present gzipped (`name.gz`), as MNIST is distributed
+    system_folder: str | None = None  # folder below paths.system_data_dir holding Debian's copy
+    debian_package: str | None = None
+
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+DATASETS: dict[str, DatasetSource] = {
+    "mnist": DatasetSource("MNIST", "MNIST/raw", IDX_FILES, read_idx_splits, classes=10, channels=1,
+                           gzip_variants=True),
+    "fashion_mnist": DatasetSource("FashionMNIST", "FashionMNIST/raw", IDX_FILES, read_idx_splits, classes=10,
+                                   channels=1, gzip_variants=True, system_folder="fashion-mnist",
+                                   debian_package="dataset-fashion-mnist"),
+    "cifar10": DatasetSource(
+        "CIFAR10", "cifar-10-batches-py",
+        {**{f"train_{index}": f"data_batch_{index}" for index in range(1, 6)}, "test": "test_batch"},
+        partial(read_cifar_splits, label_key=b"labels"), classes=10, channels=3),
+    "cifar100": DatasetSource("CIFAR100", "cifar-100-python", {"train": "train", "test": "test"},
+                              partial(read_cifar_splits, label_key=b"fine_labels"), classes=100, channels=3),
+}
+
+
 def search_folders(name: str, paths: DictConfig) -> list[Path]:
     """Folders searched for a dataset's files, in order of preference."""
-    dataset = IDX_DATASETS[name]
-    folders = [Path(paths.data_dir) / dataset.torchvision_name / "raw"]
-    if dataset.system_folder and paths.system_data_dir:
-        folders.append(Path(paths.system_data_dir) / dataset.system_folder)
+    source = DATASETS[name]
+    folders = [Path(paths.data_dir) / source.folder]
+    if source.system_folder and paths.system_data_dir:
+        folders.append(Path(paths.system_data_dir) / source.system_folder)
     return folders
 
 
 def locate_files(name: str, paths: DictConfig) -> dict[str, Path] | None:
-    """The first searched folder that holds all four files (plain or gzipped), else None."""
+    """The first searched folder that holds every file of the dataset, else None."""
+    source = DATASETS[name]
     for folder in search_folders(name, paths):
         found = {}
-        for key, stem in IDX_FILES.items():
-            candidates = [folder / stem, folder / f"{stem}.gz"]
+        for role, file_name in source.files.items():
+            candidates = [folder / file_name] + ([folder / f"{file_name}.gz"] if source.gzip_variants else [])
             existing = [path for path in candidates if path.is_file()]
             if existing:
-                found[key] = existing[0]
-        if len(found) == len(IDX_FILES):
+                found[role] = existing[0]
+        if len(found) == len(source.files):
             return found
     return None
 
 
 def missing_data_message(name: str, paths: DictConfig) -> str:
-    dataset = IDX_DATASETS[name]
+    source = DATASETS[name]
     folders = "\n".join(f"  {folder}" for folder in search_folders(name, paths))
-    files = ", ".join(f"{stem}[.gz]" for stem in IDX_FILES.values())
+    suffix = "[.gz]" if source.gzip_variants else ""
+    files = ", ".join(f"{file_name}{suffix}" for file_name in source.files.values())
     ways = [
         f"  python -m phases.run dataset={name} dataset.download=true   (torchvision download, "
-        f"checksums verified, into {Path(paths.data_dir) / dataset.torchvision_name / 'raw'})",
-        f"  or copy the official files into that folder (or point PHASES_DATA_DIR / paths.data_dir "
-        f"at a folder holding {dataset.torchvision_name}/raw/)",
+        f"checksums verified, into {Path(paths.data_dir) / source.folder})",
+        f"  or put the official files in that folder (or point PHASES_DATA_DIR / paths.data_dir "
+        f"at a folder holding {source.folder}/)",
     ]
-    if dataset.debian_package:
-        ways.insert(0, f"  sudo apt-get install {dataset.debian_package}   (Debian's copy, read from "
-                       f"{Path(paths.system_data_dir or '/usr/share/datasets') / (dataset.system_folder or '')})")
+    if source.debian_package:
+        system_folder = Path(paths.system_data_dir or "/usr/share/datasets") / (source.system_folder or "")
+        ways.insert(0, f"  sudo apt-get install {source.debian_package}   (Debian's copy, read from {system_folder})")
     return (
         f"dataset {name!r} not found: expected the files {files}\n"
         f"in one of these folders:\n{folders}\n"
@@ -151,7 +216,7 @@ def download(name: str, paths: DictConfig) -> None:
     """Fetch the official files through torchvision (checksums verified) into paths.data_dir."""
     import torchvision.datasets
 
-    dataset_class = getattr(torchvision.datasets, IDX_DATASETS[name].torchvision_name)
+    dataset_class = getattr(torchvision.datasets, DATASETS[name].torchvision_name)
     try:
         for train in (True, False):
             dataset_class(root=paths.data_dir, train=train, download=True)
@@ -175,8 +240,9 @@ def seeded_subset(total: int, size: int | None, seed: int, purpose: str) -> torc
 
 
 def _normalise(images: np.ndarray, dataset_cfg: DictConfig) -> torch.Tensor:
-    """uint8 (N, H, W) -> float32 (N, 1, size, size), scaled to [0, 1], resized, normalised."""
-    tensor = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    """uint8 (N, H, W) or (N, H, W, C) -> float32 (N, C, size, size): scaled to [0, 1], resized, normalised."""
+    tensor = torch.from_numpy(images.astype(np.float32) / 255.0)
+    tensor = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2).contiguous()
     size = dataset_cfg.image_size
     if tensor.shape[-1] != size or tensor.shape[-2] != size:
         # Bilinear, as torchvision's Resize in the paper's pipeline.
@@ -186,33 +252,35 @@ def _normalise(images: np.ndarray, dataset_cfg: DictConfig) -> torch.Tensor:
     return (tensor - mean) / std
 
 
-def _check_pair(images: np.ndarray, labels: np.ndarray, files: dict[str, Path], split: str, classes: int) -> None:
-    image_file, label_file = files[f"{split}_images"], files[f"{split}_labels"]
-    if images.ndim != 3:
-        raise DataFormatError(f"{image_file}: expected images of shape (N, height, width), got {images.shape}")
+def _check_split(images: np.ndarray, labels: np.ndarray, files: list[Path], source: DatasetSource) -> None:
+    named = ", ".join(str(path) for path in files)
+    expected_dimensions = 3 if source.channels == 1 else 4
+    if images.ndim != expected_dimensions:
+        raise DataFormatError(f"{named}: images of shape {images.shape}, expected {expected_dimensions} dimensions")
     if labels.ndim != 1 or len(labels) != len(images):
+        raise DataFormatError(f"{named}: {labels.shape} labels do not match the {len(images)} images")
+    if labels.size and (labels.min() < 0 or labels.max() >= source.classes):
         raise DataFormatError(
-            f"{label_file}: {labels.shape} labels do not match the {len(images)} images of {image_file}"
+            f"{named}: labels span {labels.min()}..{labels.max()}, expected 0..{source.classes - 1}"
         )
-    if labels.size and (labels.min() < 0 or labels.max() >= classes):
-        raise DataFormatError(f"{label_file}: labels span {labels.min()}..{labels.max()}, expected 0..{classes - 1}")
 
 
 def dataset_info(dataset_cfg: DictConfig) -> DatasetInfo:
     """What a model needs to know of a dataset, without reading it (so configs are checked first)."""
     name = dataset_cfg.name
-    if name not in IDX_DATASETS:
-        raise ConfigError("dataset.name", name, f"known datasets: {', '.join(sorted(IDX_DATASETS))}")
-    dataset = IDX_DATASETS[name]
-    if len(dataset_cfg.mean) != dataset.channels:
-        raise ConfigError("dataset.mean", list(dataset_cfg.mean), f"{dataset.channels} value(s), one per channel")
-    return DatasetInfo(channels=dataset.channels, classes=dataset.classes, image_size=dataset_cfg.image_size)
+    if name not in DATASETS:
+        raise ConfigError("dataset.name", name, f"known datasets: {', '.join(sorted(DATASETS))}")
+    source = DATASETS[name]
+    if len(dataset_cfg.mean) != source.channels:
+        raise ConfigError("dataset.mean", list(dataset_cfg.mean), f"{source.channels} value(s), one per channel")
+    return DatasetInfo(channels=source.channels, classes=source.classes, image_size=dataset_cfg.image_size)
 
 
 def load_image_splits(dataset_cfg: DictConfig, paths: DictConfig, seed: int, device: torch.device) -> ImageSplits:
     """Find (or, when asked, download) the dataset, and return normalised tensors on `device`."""
     info = dataset_info(dataset_cfg)
     name = dataset_cfg.name
+    source = DATASETS[name]
     files = locate_files(name, paths)
     if files is None and dataset_cfg.download:
         download(name, paths)
@@ -220,12 +288,12 @@ def load_image_splits(dataset_cfg: DictConfig, paths: DictConfig, seed: int, dev
     if files is None:
         raise DataNotFoundError(missing_data_message(name, paths))
 
-    arrays = {key: read_idx(path) for key, path in files.items()}
+    arrays = source.read(files)
     splits = {}
     for split, size in (("train", dataset_cfg.train_size), ("test", dataset_cfg.test_size)):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        _check_pair(images, labels, files, split, info.classes)
+        _check_split(images, labels, [path for role, path in files.items() if role.startswith(split)], source)
         keep = seeded_subset(len(images), size, seed, f"dataset.{split}").numpy()
         splits[f"{split}_images"] = _normalise(images[keep], dataset_cfg).to(device)
         splits[f"{split}_labels"] = torch.from_numpy(labels[keep].astype(np.int64)).to(device)
-    return ImageSplits(**splits, info=info, source=str(files["train_images"].parent))
+    return ImageSplits(**splits, info=info, source=str(next(iter(files.values())).parent))

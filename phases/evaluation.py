@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from phases.data import ImageSplits, seeded_subset, subset_generator
+from phases.device import autocast
 from phases.features import collect_activations, frozen
 from phases.models import ProbedNetwork
 from phases.probes import ProbeData, build_probes
@@ -52,6 +53,7 @@ class Evaluator:
         self.model = model
         self.sets = evaluation_sets(splits, probe_cfg, seed)
         self.layers = list(probe_cfg.layers) if probe_cfg.layers is not None else list(model.probe_points)
+        self.depths = {**model.probe_depths(), "output": 1.0}
         self.probes = build_probes(probe_cfg)
         self.bn_mode = probe_cfg.bn_mode
         # Batch statistics depend on the batch: extract with the training batch size, as the script does.
@@ -78,19 +80,19 @@ class Evaluator:
         rows: list[dict[str, Any]] = []
         probe_data: dict[str, dict[str, ProbeData]] = {}
         calibration = self.sets["train"].images[: self.sets["train"].probe_count]
-        with frozen(self.model, self.bn_mode, calibration, self.batch_size):
+        with autocast(calibration.device), frozen(self.model, self.bn_mode, calibration, self.batch_size):
             for split_name, split in self.sets.items():
                 logits, probe_data[split_name] = self._classifier_logits_and_probe_data(split)
                 accuracy = (logits.argmax(1) == split.labels).float().mean().item()
                 cross_entropy = F.cross_entropy(logits, split.labels).item()
-                rows.append(_row("output", "classifier", "accuracy", split_name, accuracy))
-                rows.append(_row("output", "classifier", "cross_entropy", split_name, cross_entropy))
+                rows.append(self._row("output", "classifier", "accuracy", split_name, accuracy))
+                rows.append(self._row("output", "classifier", "cross_entropy", split_name, cross_entropy))
         for layer in self.layers:
             for probe_name, probe in self.probes.items():
                 for measurement in probe.fit_and_score(probe_data["train"][layer], probe_data["test"][layer]):
-                    rows.append(_row(layer, probe_name, measurement.metric, measurement.split, measurement.value))
+                    rows.append(self._row(layer, probe_name, measurement.metric, measurement.split, measurement.value))
         return rows
 
-
-def _row(layer: str, probe: str, metric: str, split: str, value: float) -> dict[str, Any]:
-    return {"layer": layer, "probe": probe, "metric": metric, "split": split, "value": float(value)}
+    def _row(self, layer: str, probe: str, metric: str, split: str, value: float) -> dict[str, Any]:
+        return {"layer": layer, "depth": self.depths[layer], "probe": probe, "metric": metric, "split": split,
+                "value": float(value)}

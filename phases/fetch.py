@@ -18,7 +18,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from phases.data import IDX_DATASETS, DataNotFoundError, download, locate_files
+from phases.data import DATASETS, DataNotFoundError, download, locate_files
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -36,7 +36,7 @@ def install_debian_package(package: str) -> bool:
 def ensure_available(name: str, paths: DictConfig) -> Path:
     """The folder holding the dataset's files, fetching them when none does."""
     files = locate_files(name, paths)
-    package = IDX_DATASETS[name].debian_package
+    package = DATASETS[name].debian_package
     if files is None and package and paths.system_data_dir and install_debian_package(package):
         files = locate_files(name, paths)
     if files is None:
@@ -52,8 +52,8 @@ def main(overrides: list[str]) -> int:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     name = cfg.dataset.name
-    if name not in IDX_DATASETS:
-        print(f"error: dataset.name={name!r} cannot be fetched; known: {', '.join(sorted(IDX_DATASETS))}",
+    if name not in DATASETS:
+        print(f"error: dataset.name={name!r} cannot be fetched; known: {', '.join(sorted(DATASETS))}",
               file=sys.stderr)
         return 2
     try:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig
 from torch import nn
+from torchvision.models.resnet import BasicBlock, conv1x1
 from torchvision.ops import Conv2dNormActivation
 
 from phases.config import ConfigError
@@ -18,13 +19,32 @@ from phases.data import DatasetInfo
 
 
 class ProbedNetwork(nn.Sequential):
-    """A sequential classifier whose `probe_points` map a point's name to the submodule producing it."""
+    """A sequential classifier whose `probe_points` map a point's name to the submodule producing it.
+
+    Every network declares `logits` (the classifier's output), which the evaluation reads.
+    """
 
     def __init__(self, layers: OrderedDict[str, nn.Module], probe_points: dict[str, str]):
         super().__init__(layers)
         for module_name in probe_points.values():
             self.get_submodule(module_name)  # fails at construction, not at the first evaluation
+        if "logits" not in probe_points:
+            raise ValueError("a ProbedNetwork must declare the probe point 'logits'")
         self.probe_points = dict(probe_points)
+
+    def probe_depths(self) -> dict[str, float]:
+        """Each point's depth as the fraction of the network's conv and linear layers computed before
+        it (logits = 1.0), so figures can line up points of architectures with different names."""
+        order = [name for name, _ in self.named_modules()]
+        weighted = [index for index, (_, module) in enumerate(self.named_modules())
+                    if isinstance(module, nn.Conv2d | nn.Linear)]
+        depths = {}
+        for point, module_name in self.probe_points.items():
+            # The last module of the point's subtree, in forward (registration) order.
+            last = max(index for index, name in enumerate(order)
+                       if name == module_name or name.startswith(module_name + "."))
+            depths[point] = sum(index <= last for index in weighted) / len(weighted)
+        return depths
 
 
 ModelBuilder = Callable[[DictConfig, DatasetInfo], ProbedNetwork]
@@ -64,6 +84,103 @@ def vgg8(arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:
     probe_points["block5"] = "flatten"  # the 512-d penultimate features (block5's 1x1 map, flattened)
     probe_points["logits"] = "classifier"
     return ProbedNetwork(layers, probe_points)
+
+
+# Channels of the standard VGG configurations (torchvision's cfgs A, B, D); each inner list is one
+# stage of 3x3 conv + BatchNorm + ReLU layers closed by a 2x2 max-pool: 32 -> 16 -> 8 -> 4 -> 2 -> 1.
+VGG_STAGES = {
+    "vgg11": [[64], [128], [256, 256], [512, 512], [512, 512]],
+    "vgg13": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
+    "vgg16": [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]],
+}
+
+
+def _vgg(name: str, arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:
+    """Standard VGG with BatchNorm for 32x32 inputs: five stages, then one Linear on the 512-d features."""
+    if info.image_size != 32:
+        raise ConfigError("dataset.image_size", info.image_size, f"32 for {name} (five max-pools reach 1x1)")
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    in_channels = info.channels
+    for index, stage in enumerate(VGG_STAGES[name], start=1):
+        modules: list[nn.Module] = []
+        for channels in stage:
+            out_channels = scaled(channels, arch.width)
+            modules.append(Conv2dNormActivation(in_channels, out_channels, kernel_size=3, bias=False))
+            in_channels = out_channels
+        modules.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        layers[f"block{index}"] = nn.Sequential(*modules)
+    layers["flatten"] = nn.Flatten()
+    layers["classifier"] = nn.Linear(in_channels, info.classes)
+    probe_points = {f"block{index}": f"block{index}" for index in range(1, 5)}
+    probe_points["block5"] = "flatten"  # the penultimate features, as in vgg8
+    probe_points["logits"] = "classifier"
+    return ProbedNetwork(layers, probe_points)
+
+
+for _name in VGG_STAGES:
+    register(_name)(lambda arch, info, _name=_name: _vgg(_name, arch, info))
+
+
+def _resnet(arch: DictConfig, info: DatasetInfo, blocks_per_stage: tuple[int, ...]) -> ProbedNetwork:
+    """CIFAR-style ResNet: 3x3 stem at full resolution (no max-pool), torchvision's BasicBlocks in four
+    stages of 64, 128, 256, 512 channels (strides 1, 2, 2, 2), global average pool, one Linear."""
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    in_planes = scaled(64, arch.width)
+    layers["stem"] = Conv2dNormActivation(info.channels, in_planes, kernel_size=3, stride=1, bias=False)
+    for index, (planes, blocks, stride) in enumerate(zip((64, 128, 256, 512), blocks_per_stage, (1, 2, 2, 2),
+                                                         strict=True), start=1):
+        planes = scaled(planes, arch.width)
+        stage = []
+        for block_index in range(blocks):
+            block_stride = stride if block_index == 0 else 1
+            downsample = None
+            if block_stride != 1 or in_planes != planes:
+                downsample = nn.Sequential(conv1x1(in_planes, planes, block_stride), nn.BatchNorm2d(planes))
+            stage.append(BasicBlock(in_planes, planes, block_stride, downsample))
+            in_planes = planes
+        layers[f"block{index}"] = nn.Sequential(*stage)
+    layers["pool"] = nn.AdaptiveAvgPool2d(1)
+    layers["flatten"] = nn.Flatten()
+    layers["classifier"] = nn.Linear(in_planes, info.classes)
+    for module in layers.values():  # torchvision ResNet's initialisation
+        for layer in module.modules():
+            if isinstance(layer, nn.Conv2d):
+                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+    probe_points = {"stem": "stem", **{f"block{index}": f"block{index}" for index in range(1, 5)},
+                    "pooled": "flatten", "logits": "classifier"}
+    return ProbedNetwork(layers, probe_points)
+
+
+@register("resnet18")
+def resnet18(arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:
+    return _resnet(arch, info, (2, 2, 2, 2))
+
+
+@register("resnet10")
+def resnet10(arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:
+    return _resnet(arch, info, (1, 1, 1, 1))
+
+
+@register("mlp")
+def mlp(arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:
+    """Flatten, then Linear + ReLU per hidden size (scaled by width), then one Linear to the classes."""
+    layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
+    features = info.channels * info.image_size**2
+    for index, hidden in enumerate(arch.hidden_sizes, start=1):
+        hidden = scaled(hidden, arch.width)
+        layers[f"hidden{index}"] = nn.Sequential(nn.Linear(features, hidden), nn.ReLU())
+        features = hidden
+    layers["classifier"] = nn.Linear(features, info.classes)
+    probe_points = {f"hidden{index}": f"hidden{index}" for index in range(1, len(arch.hidden_sizes) + 1)}
+    return ProbedNetwork(layers, {**probe_points, "logits": "classifier"})
+
+
+@register("linear")
+def linear(arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:
+    """The network of the paper's theory: flatten, then Linear(pixels, classes) with no bias."""
+    layers = OrderedDict(flatten=nn.Flatten(),
+                         classifier=nn.Linear(info.channels * info.image_size**2, info.classes, bias=False))
+    return ProbedNetwork(layers, {"logits": "classifier"})
 
 
 def build_model(arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:

@@ -95,8 +95,8 @@ class LinearClassifier:
         scale = train.features.std(0).clamp_min(1e-6)
         classes = int(max(train.labels.max(), test.labels.max()).item()) + 1
         standardised = (train.features - mean) / scale
-        weight = torch.zeros(standardised.shape[1], classes, requires_grad=True)
-        bias = torch.zeros(classes, requires_grad=True)
+        weight = torch.zeros(standardised.shape[1], classes, device=standardised.device, requires_grad=True)
+        bias = torch.zeros(classes, device=standardised.device, requires_grad=True)
         optimizer = torch.optim.LBFGS(
             [weight, bias], lr=1.0, max_iter=self.max_iterations, line_search_fn="strong_wolfe",
             tolerance_grad=1e-6, tolerance_change=1e-9, history_size=20,

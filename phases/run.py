@@ -23,17 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from phases import store
 from phases.config import ConfigError, optimizer_name, validate
 from phases.data import DataFormatError, DataNotFoundError, dataset_info, load_image_splits
+from phases.device import place_model, resolve_device
 from phases.evaluation import Evaluator
 from phases.models import build_model
 from phases.train import train
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device", name, "auto or cpu: this machine has no CUDA device")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -75,7 +68,7 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
     store.write_json(folder / "run.json", record)
     started = time.perf_counter()
 
-    model = model.to(device)
+    model = place_model(model, device)
     optimizer = hydra.utils.instantiate(cfg.optimizer, params=model.parameters())
     evaluator = Evaluator(model, splits, cfg.probe, cfg.seed, cfg.schedule.batch_size)
     identity = {"run_id": identifier, "dataset": cfg.dataset.name, "arch": cfg.arch.name,

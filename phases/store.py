@@ -38,6 +38,7 @@ METRICS_SCHEMA = pa.schema(
         ("step", pa.int64()),
         ("epoch", pa.float64()),  # passes over the training split completed before this step
         ("layer", pa.string()),  # a probe point, or "output" for the classifier itself
+        ("depth", pa.float64()),  # share of the network's conv/linear layers before the point (output: 1)
         ("probe", pa.string()),  # "classifier", "reconstruction", "linear", ...
         ("metric", pa.string()),  # "accuracy", "cross_entropy", "mse", ...
         ("split", pa.string()),  # "train" or "test"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 import struct
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from omegaconf import OmegaConf
 
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 REPOSITORY = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPOSITORY / "conf"
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool | None = None) -> Path:
@@ -47,6 +49,42 @@ def write_mnist_like(folder: Path, train: int = 256, test: int = 128, seed: int 
         write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", class_images(labels, rng))
         write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
     return folder
+
+
+def write_cifar(folder: Path, classes: int, train: int = 100, test: int = 50, seed: int = 0) -> Path:
+    """CIFAR python batches as distributed (pickled dicts, bytes keys, protocol 2), in `folder`.
+
+    CIFAR-10: data_batch_1..5 + test_batch with b'labels'; CIFAR-100: train + test with b'fine_labels'.
+    """
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    label_key = b"labels" if classes == 10 else b"fine_labels"
+    names = [f"data_batch_{index}" for index in range(1, 6)] if classes == 10 else ["train"]
+    per_batch = -(-train // len(names))
+    batches = [(name, index * per_batch, min(per_batch, train - index * per_batch)) for index, name in enumerate(names)]
+    batches.append(("test_batch" if classes == 10 else "test", 0, test))
+    for name, first, count in batches:
+        labels = (np.arange(first, first + count) % classes).tolist()
+        images = class_images(np.asarray(labels) % 10, rng)  # (N, 28, 28): pad to 32x32, 3 channels
+        rgb = np.zeros((count, 3, 32, 32), dtype=np.uint8)
+        rgb[:, :, 2:30, 2:30] = images[:, None]
+        rgb[:, 0] //= 2  # channels differ, so per-channel normalisation is exercised
+        content = {b"batch_label": name.encode(), label_key: labels, b"data": rgb.reshape(count, 3072),
+                   b"filenames": [f"{index}.png".encode() for index in range(count)]}
+        (folder / name).write_bytes(pickle.dumps(content, protocol=2))
+    return folder
+
+
+DATASET_FOLDERS = {"mnist": "MNIST/raw", "fashion_mnist": "FashionMNIST/raw", "cifar10": "cifar-10-batches-py",
+                   "cifar100": "cifar-100-python"}
+
+
+def write_dataset(data_dir: Path, name: str, train: int = 100, test: int = 50) -> Path:
+    """A small copy of dataset `name` in its official format and torchvision's folder layout."""
+    folder = data_dir / DATASET_FOLDERS[name]
+    if name in ("mnist", "fashion_mnist"):
+        return write_mnist_like(folder, train=train, test=test)
+    return write_cifar(folder, classes=10 if name == "cifar10" else 100, train=train, test=test)
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from phases import data
-from phases.data import DataFormatError, DataNotFoundError, load_image_splits, read_idx
-from tests.conftest import write_idx, write_mnist_like
+from phases.data import DATASETS, DataFormatError, DataNotFoundError, dataset_info, load_image_splits, read_idx
+from tests.conftest import CONFIG_DIR, DATASET_FOLDERS, write_dataset, write_idx, write_mnist_like
 
 FASHION = OmegaConf.create({"name": "fashion_mnist", "image_size": 32, "mean": [0.281], "std": [0.352],
                             "train_size": None, "test_size": None, "download": False})
@@ -114,3 +114,67 @@ def test_real_fashion_mnist_system_copy(real_fashion_mnist, tmp_path):
     assert abs(splits.train_images.mean().item()) < 0.05
     assert splits.train_images.std().item() == pytest.approx(1.0, abs=0.05)
     assert gzip.open(real_fashion_mnist / "train-images-idx3-ubyte.gz").read(4) == bytes([0, 0, 8, 3])
+
+
+def dataset_config(name: str, **changes):
+    return OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "dataset" / f"{name}.yaml"), {"download": False,
+                           "train_size": None, "test_size": None}, changes)
+
+
+def test_every_registered_dataset_has_a_config():
+    assert sorted(DATASETS) == sorted(path.stem for path in (CONFIG_DIR / "dataset").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_every_loader_reads_generated_official_files(tmp_path, name):
+    write_dataset(tmp_path, name, train=30, test=20)
+    cfg = dataset_config(name)
+    info = dataset_info(cfg)
+    splits = load_image_splits(cfg, OmegaConf.create({"data_dir": str(tmp_path), "system_data_dir": None}), 0,
+                               torch.device("cpu"))
+    assert splits.train_images.shape == (30, info.channels, 32, 32)
+    assert splits.test_images.shape == (20, info.channels, 32, 32)
+    assert splits.train_labels.tolist() == [index % info.classes for index in range(30)]
+    assert splits.source == str(tmp_path / DATASET_FOLDERS[name])
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_every_loader_rejects_a_truncated_file_naming_it(tmp_path, name):
+    folder = write_dataset(tmp_path, name, train=30, test=20)
+    victim = sorted(path for path in folder.iterdir() if "t10k-images" in path.name or "test" in path.name)[0]
+    victim.write_bytes(victim.read_bytes()[: len(victim.read_bytes()) // 2])
+    with pytest.raises(DataFormatError, match=str(victim)):
+        load_image_splits(dataset_config(name), OmegaConf.create({"data_dir": str(tmp_path), "system_data_dir": None}),
+                          0, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_missing_dataset_never_downloads_unless_asked(tmp_path, monkeypatch, name):
+    monkeypatch.setattr(data, "download", lambda *_: pytest.fail("download attempted without dataset.download=true"))
+    with pytest.raises(DataNotFoundError, match=f"dataset.download=true.*{DATASET_FOLDERS[name]}"):
+        load_image_splits(dataset_config(name), OmegaConf.create({"data_dir": str(tmp_path), "system_data_dir": None}),
+                          0, torch.device("cpu"))
+
+
+def test_cifar_reader_refuses_pickles_that_would_run_code(tmp_path):
+    folder = write_dataset(tmp_path, "cifar100", train=10, test=10)
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("owned",))
+
+    import pickle
+
+    (folder / "test").write_bytes(pickle.dumps({b"data": Payload(), b"fine_labels": []}, protocol=2))
+    with pytest.raises(DataFormatError, match=r"unexpected object (__builtin__|builtins)\.print"):
+        load_image_splits(dataset_config("cifar100"), OmegaConf.create({"data_dir": str(tmp_path),
+                          "system_data_dir": None}), 0, torch.device("cpu"))
+
+
+def test_cifar_channels_are_normalised_separately(tmp_path):
+    write_dataset(tmp_path, "cifar10", train=30, test=20)
+    splits = load_image_splits(dataset_config("cifar10", mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0]),
+                               OmegaConf.create({"data_dir": str(tmp_path), "system_data_dir": None}), 0,
+                               torch.device("cpu"))
+    red, green = splits.train_images[:, 0], splits.train_images[:, 1]
+    assert torch.allclose(red.max(), green.max() / 2, atol=1 / 255)  # the generator halves the red channel

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -6,6 +8,7 @@ from phases.config import ConfigError
 from phases.data import DatasetInfo
 from phases.features import collect_activations
 from phases.models import MODELS, build_model
+from tests.conftest import CONFIG_DIR
 
 GRAYSCALE = DatasetInfo(channels=1, classes=10, image_size=32)
 
@@ -36,16 +39,79 @@ def test_vgg8_is_the_published_network():
     assert [(linear.in_features, linear.out_features) for linear in linears] == [(512, 10)]
 
 
+VGG_STANDARD = {"block1": (64, 16, 16), "block2": (128, 8, 8), "block3": (256, 4, 4), "block4": (512, 2, 2),
+                "block5": (512,)}
+RESNET = {"stem": (64, 32, 32), "block1": (64, 32, 32), "block2": (128, 16, 16), "block3": (256, 8, 8),
+          "block4": (512, 4, 4), "pooled": (512,)}
+# The specification of each architecture's probe points at width 1 on 32x32 inputs (logits: the classes).
+PROBE_SHAPES = {
+    "vgg8": {"block1": (32, 16, 16), "block2": (64, 8, 8), "block3": (128, 4, 4), "block4": (256, 2, 2),
+             "block5": (512,)},
+    "vgg11": VGG_STANDARD, "vgg13": VGG_STANDARD, "vgg16": VGG_STANDARD,
+    "resnet10": RESNET, "resnet18": RESNET,
+    "mlp": {"hidden1": (512,), "hidden2": (256,)},
+    "linear": {},
+}
+DATASET_INFO = {"mnist": DatasetInfo(1, 10, 32), "fashion_mnist": DatasetInfo(1, 10, 32),
+                "cifar10": DatasetInfo(3, 10, 32), "cifar100": DatasetInfo(3, 100, 32)}
+
+
+def arch_config(name: str, **changes):
+    return OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "arch" / f"{name}.yaml"), changes)
+
+
+def test_every_registered_arch_has_a_config_and_a_specification():
+    assert sorted(MODELS) == sorted(path.stem for path in (CONFIG_DIR / "arch").glob("*.yaml")) == sorted(PROBE_SHAPES)
+
+
+@pytest.mark.parametrize("dataset", sorted(DATASET_INFO))
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_registered_arch_trains_one_step(name):
-    model = build_model(OmegaConf.create({"name": name, "width": 0.25}), GRAYSCALE)
-    images, labels = torch.randn(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])
-    loss = torch.nn.functional.cross_entropy(model(images), labels)
-    loss.backward()
+def test_every_arch_on_every_dataset_trains_and_exposes_its_probe_points(name, dataset):
+    info = DATASET_INFO[dataset]
+    model = build_model(arch_config(name), info)
+    images, labels = torch.randn(2, info.channels, 32, 32), torch.tensor([0, info.classes - 1])
+    torch.nn.functional.cross_entropy(model(images), labels).backward()
     assert all(parameter.grad is not None for parameter in model.parameters())
-    assert "logits" in model.probe_points
+    expected = {**PROBE_SHAPES[name], "logits": (info.classes,)}
+    assert list(model.probe_points) == list(expected)
+    activations = collect_activations(model.eval(), images, list(model.probe_points), batch_size=2)
+    for point, shape in expected.items():
+        assert activations[point].shape == (2, math.prod(shape)), point
+    depths = model.probe_depths()
+    assert list(depths.values()) == sorted(depths.values()) and depths["logits"] == 1.0
+    assert all(0 < depth <= 1 for depth in depths.values())
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"linear"}))
+def test_width_scales_every_hidden_layer(name):
+    full = build_model(arch_config(name), DATASET_INFO["cifar10"])
+    quarter = build_model(arch_config(name, width=0.25), DATASET_INFO["cifar10"])
+    images = torch.randn(2, 3, 32, 32)
+    points = [point for point in full.probe_points if point != "logits"]
+    wide = collect_activations(full.eval(), images, points, batch_size=2)
+    narrow = collect_activations(quarter.eval(), images, points, batch_size=2)
+    for point in points:
+        assert narrow[point].shape[1] * 4 == wide[point].shape[1], point
+
+
+def test_linear_is_the_theory_network():
+    model = build_model(arch_config("linear"), DATASET_INFO["fashion_mnist"])
+    (layer,) = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    assert layer.bias is None and (layer.in_features, layer.out_features) == (1024, 10)
+    assert list(model.probe_points) == ["logits"]
+
+
+def test_resnet_is_built_from_torchvision_basic_blocks():
+    from torchvision.models.resnet import BasicBlock
+
+    blocks = {name: sum(isinstance(module, BasicBlock) for module in build_model(
+        arch_config(name), DATASET_INFO["cifar10"]).modules()) for name in ("resnet10", "resnet18")}
+    assert blocks == {"resnet10": 4, "resnet18": 8}
+    resnet18 = build_model(arch_config("resnet18"), DATASET_INFO["cifar10"])
+    assert sum(parameter.numel() for parameter in resnet18.parameters()) == 11_173_962  # the CIFAR ResNet-18
 
 
 def test_unknown_arch_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="arch.name='nope' is invalid: known architectures: vgg8"):
+    known = "linear, mlp, resnet10, resnet18, vgg11, vgg13, vgg16, vgg8"
+    with pytest.raises(ConfigError, match=f"arch.name='nope' is invalid: known architectures: {known}"):
         build_model(OmegaConf.create({"name": "nope", "width": 1.0}), GRAYSCALE)

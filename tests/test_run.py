@@ -75,6 +75,9 @@ def test_metrics_have_the_exact_schema_and_one_row_per_measurement(finished_run)
     assert accuracy.between(0, 1).all()
     assert frame["epoch"].tolist() == pytest.approx((frame["step"] * 32 / 256).tolist())
     assert set(frame["run_id"]) == {finished_run["folder"].name} and set(frame["seed"]) == {0}
+    depth = frame.drop_duplicates("layer").set_index("layer")["depth"]
+    assert depth["block1"] == pytest.approx(1 / 6) and depth["block5"] == pytest.approx(5 / 6)
+    assert depth["logits"] == depth["output"] == 1.0
 
 
 def test_same_config_again_is_skipped_and_force_reruns(finished_run):
@@ -151,3 +154,32 @@ def test_figures_without_runs_say_how_to_make_some(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "make demo" in result.stdout
     assert not (tmp_path / "figures").exists()
+
+
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=submitit_local"]], ids=["basic", "submitit_local"])
+def test_the_users_sweep_command_runs_every_combination(tmp_path, launcher):
+    """`python -m phases.run -m arch=resnet18,vgg11 dataset=cifar10,mnist`, shrunk to seconds."""
+    from tests.conftest import write_dataset
+
+    data_dir = tmp_path / "data"
+    write_dataset(data_dir, "cifar10", train=80, test=40)
+    write_dataset(data_dir, "mnist", train=80, test=40)
+    outputs = tmp_path / "outputs"
+    result = subprocess.run(
+        [sys.executable, "-m", "phases.run", "-m", "arch=resnet18,vgg11", "dataset=cifar10,mnist",
+         "schedule.max_steps=16", "schedule.batch_size=16", "arch.width=0.25", "probe.train_size=40",
+         "probe.test_size=40", "probe.layers=null", "progress=false", "paths.system_data_dir=null",
+         f"paths.outputs={outputs}", *launcher],
+        cwd=tmp_path, env={**os.environ, "PHASES_DATA_DIR": str(data_dir)}, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    folders = sorted((outputs / "runs").iterdir())
+    assert sorted(folder.name.rsplit("-", 3)[0] for folder in folders) == [
+        "cifar10-resnet18", "cifar10-vgg11", "mnist-resnet18", "mnist-vgg11"]
+    for folder in folders:
+        assert json.loads((folder / "run.json").read_text())["status"] == "done"
+        frame = pq.read_table(folder / "metrics.parquet").to_pandas()
+        assert sorted(frame["step"].unique()) == evaluation_steps(16)
+    # Hydra's sweep folder (submitit's logs) lives under paths.outputs, nothing in the working directory.
+    assert (outputs / "sweeps").is_dir() and sorted(path.name for path in tmp_path.iterdir()) == ["data", "outputs"]
