@@ -7,7 +7,7 @@ OUTPUTS ?= outputs
 INSTALLED := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install data demo test figures clean
+.PHONY: help install data demo test figures bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ figures: install  ## figures of every run under $(OUTPUTS) into $(OUTPUTS)/figur
 
 test: install  ## the test suite (end-to-end tests included; about 5 minutes on 2 cores)
 	$(BIN)/python -m pytest
+
+bench: install  ## training speed: our step against a bare PyTorch loop, every arch at width 1 and 0.25
+	$(BIN)/python -m phases.bench
 
 clean:  ## remove the virtual environment and caches (results in $(OUTPUTS) are kept)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
