@@ -17,7 +17,6 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import hydra
 import torch
@@ -25,12 +24,12 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch.utils.flop_counter import FlopCounterMode
 
+from phases.config import CONFIG_DIR
 from phases.data import DatasetInfo
 from phases.device import autocast, place_model, resolve_device, uses_channels_last
 from phases.models import MODELS, build_model
 from phases.train import TrainingStep
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 INFO = DatasetInfo(channels=3, classes=10, image_size=32)
 
 

@@ -9,10 +9,13 @@ through its defaults list, so a misspelt key in a YAML file or on the command li
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"  # the package is used from a checkout
 
 
 class ConfigError(ValueError):
@@ -77,22 +80,61 @@ class ScheduleConfig:
 
 @dataclass
 class ReconstructionProbeConfig:
-    # Ridge penalty relative to the features' scale: lambda = ridge * trace(X^T X) / features, so the
-    # same setting means the same regularisation at step 0 and after activations have grown 100-fold.
+    solver: str = "closed_form"  # closed_form (the exact ridge optimum) or sgd (the published Adam recipe)
+    # closed_form: ridge penalty relative to the features' scale, lambda = ridge * trace(X^T X) / features,
+    # so the same setting means the same regularisation at step 0 and after activations grew 100-fold.
     ridge: float = 1.0e-3
+    # sgd: the published recipe, Adam on the per-pixel MSE.
+    epochs: int = 20
+    lr: float = 3.0e-4
+    weight_decay: float = 1.0e-5
+    batch_size: int = 128
+
+
+@dataclass
+class ConvReconstructionProbeConfig:
+    # The published script's convolutional decoder, trained with its Adam recipe.
+    epochs: int = 20
+    lr: float = 3.0e-4
+    weight_decay: float = 1.0e-5
+    batch_size: int = 128
 
 
 @dataclass
 class LinearProbeConfig:
-    l2: float = 1.0e-3  # penalty on the squared weights, added to the mean cross-entropy
-    max_iterations: int = 30  # L-BFGS iterations on the full (cached) probe training set
+    solver: str = "lbfgs"  # lbfgs (full batch on cached activations) or sgd (the published recipe)
+    l2: float = 1.0e-3  # lbfgs: penalty on the squared weights (standardised features), added to the mean loss
+    max_iterations: int = 30  # lbfgs: iterations on the full probe training set
+    # sgd: the published recipe, SGD with momentum, lr x0.1 after lr_drop_epoch.
+    epochs: int = 20
+    lr: float = 0.01
+    momentum: float = 0.9
+    lr_drop_epoch: int = 10
+    batch_size: int = 128
+
+
+@dataclass
+class TransferProbeConfig:
+    # colour_dominance (RGB), quadrant_dominance (any), dataset_switch (fashion_mnist <-> mnist,
+    # cifar10 <-> cifar100), or dominance: colour for RGB datasets, quadrant for grayscale ones.
+    tasks: list[str] = field(default_factory=lambda: ["dominance"])
+    validation_fraction: float = 0.2  # of the transfer training images, held out and reported as split "val"
+    classifier: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+
+
+@dataclass
+class SampleLossProbeConfig:
+    quantiles: list[float] = field(default_factory=lambda: [0.5, 0.9, 0.99])  # of the per-sample loss
+    worst_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])  # share of loss they carry
 
 
 @dataclass
 class ProbeConfig:
-    layers: list[str] | None = None  # probe points to measure; null = every point the arch declares
-    train_size: int = 5000  # images the probes are fitted on (a seeded subset of the training split)
-    test_size: int = 5000  # images the probes are scored on (a seeded subset of the test split)
+    # Probe points to measure; null = every point the arch declares; `penultimate` names the input of
+    # the final Linear in any arch (block5 in the VGGs, pooled in the ResNets).
+    layers: list[str] | None = None
+    train_size: int | None = 5000  # images the probes are fitted on (a seeded subset of the training split); null = all
+    test_size: int | None = 5000  # images the probes are scored on (a seeded subset of the test split); null = all
     # Training images the classifier's own train accuracy is measured on; its test accuracy always
     # uses the whole (possibly dataset.test_size-reduced) test split.
     classifier_train_size: int = 10000
@@ -101,9 +143,16 @@ class ProbeConfig:
     # images at the current weights), eval (running statistics as they are) or train (batch statistics
     # in batches of schedule.batch_size: the published script's quirk). See phases/features.py.
     bn_mode: str = "precise_eval"
-    # Each probe is a plug-in from phases.probes.PROBES; null switches it off.
-    reconstruction: ReconstructionProbeConfig | None = field(default_factory=ReconstructionProbeConfig)
-    linear: LinearProbeConfig | None = field(default_factory=LinearProbeConfig)
+    # The probe plug-ins that run (phases.probes.PROBES), each configured in the node of its name below.
+    enabled: list[str] = field(default_factory=lambda: ["reconstruction", "linear", "sample_loss"])
+    reconstruction: ReconstructionProbeConfig = field(default_factory=ReconstructionProbeConfig)
+    reconstruction_conv: ConvReconstructionProbeConfig = field(default_factory=ConvReconstructionProbeConfig)
+    linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    transfer: TransferProbeConfig = field(default_factory=TransferProbeConfig)
+    sample_loss: SampleLossProbeConfig = field(default_factory=SampleLossProbeConfig)
+
+
+PROBE_NAMES = ("reconstruction", "reconstruction_conv", "linear", "transfer", "sample_loss")
 
 
 @dataclass
@@ -144,6 +193,13 @@ def register_configs() -> None:
 register_configs()
 
 
+def dataset_option(name: str) -> DictConfig:
+    """conf/dataset/<name>.yaml on its schema, without composing a whole run (usable inside a Hydra app)."""
+    option = OmegaConf.load(CONFIG_DIR / "dataset" / f"{name}.yaml")
+    option.pop("defaults", None)
+    return OmegaConf.merge(OmegaConf.structured(DatasetConfig), option)
+
+
 def optimizer_name(cfg: DictConfig) -> str:
     """`torch.optim.SGD` -> `sgd`: the name used in run ids and in the metrics table."""
     return str(cfg.optimizer._target_).rsplit(".", 1)[-1].lower()
@@ -156,6 +212,22 @@ def _require(condition: bool, key: str, value: Any, allowed: str) -> None:
 
 def _check_optional_size(key: str, value: int | None) -> None:
     _require(value is None or value >= 1, key, value, "a positive number of images, or null for all")
+
+
+def _check_recipe(key: str, recipe: DictConfig) -> None:
+    _require(recipe.epochs >= 1, f"{key}.epochs", recipe.epochs, "an integer >= 1")
+    _require(recipe.lr > 0, f"{key}.lr", recipe.lr, "a positive learning rate")
+    _require(recipe.batch_size >= 1, f"{key}.batch_size", recipe.batch_size, "an integer >= 1 (images)")
+    if "weight_decay" in recipe:
+        _require(recipe.weight_decay >= 0, f"{key}.weight_decay", recipe.weight_decay, "a value >= 0")
+
+
+def _check_classifier(key: str, classifier: DictConfig) -> None:
+    _require(classifier.solver in ("lbfgs", "sgd"), f"{key}.solver", classifier.solver, "lbfgs or sgd")
+    _require(classifier.l2 >= 0, f"{key}.l2", classifier.l2, "a value >= 0")
+    _require(classifier.max_iterations >= 1, f"{key}.max_iterations", classifier.max_iterations, "an integer >= 1")
+    _require(0 <= classifier.momentum < 1, f"{key}.momentum", classifier.momentum, "a value in [0, 1)")
+    _check_recipe(key, classifier)
 
 
 def validate(cfg: DictConfig, probe_points: list[str]) -> None:
@@ -186,9 +258,11 @@ def validate(cfg: DictConfig, probe_points: list[str]) -> None:
     _require(schedule.batch_size >= 1, "schedule.batch_size", schedule.batch_size, "an integer >= 1 (images)")
 
     probe = cfg.probe
-    for key in ("train_size", "test_size", "classifier_train_size", "batch_size"):
+    for key in ("classifier_train_size", "batch_size"):
         _require(probe[key] >= 1, f"probe.{key}", probe[key], "an integer >= 1 (images)")
-    _require(probe.train_size >= 2, "probe.train_size", probe.train_size, "at least 2 images to fit a probe")
+    _check_optional_size("probe.test_size", probe.test_size)
+    _require(probe.train_size is None or probe.train_size >= 10, "probe.train_size", probe.train_size,
+             "at least 10 images to fit a probe, or null for all")
     _require(probe.bn_mode in ("precise_eval", "eval", "train"), "probe.bn_mode", probe.bn_mode,
              "precise_eval, eval or train")
     if probe.layers is not None:
@@ -197,13 +271,30 @@ def validate(cfg: DictConfig, probe_points: list[str]) -> None:
         for layer in probe.layers:
             _require(layer in probe_points, "probe.layers", layer,
                      f"arch {cfg.arch.name} declares the probe points {', '.join(probe_points)}")
-    if probe.reconstruction is not None:
-        _require(probe.reconstruction.ridge > 0, "probe.reconstruction.ridge", probe.reconstruction.ridge,
-                 "a positive relative ridge penalty, e.g. 1e-3")
-    if probe.linear is not None:
-        _require(probe.linear.l2 >= 0, "probe.linear.l2", probe.linear.l2, "a value >= 0")
-        _require(probe.linear.max_iterations >= 1, "probe.linear.max_iterations",
-                 probe.linear.max_iterations, "an integer >= 1")
+    for name in probe.enabled:
+        _require(name in PROBE_NAMES, "probe.enabled", name, f"probes from {', '.join(PROBE_NAMES)}")
+    reconstruction = probe.reconstruction
+    _require(reconstruction.solver in ("closed_form", "sgd"), "probe.reconstruction.solver",
+             reconstruction.solver, "closed_form or sgd")
+    _require(reconstruction.ridge > 0, "probe.reconstruction.ridge", reconstruction.ridge,
+             "a positive relative ridge penalty, e.g. 1e-3")
+    _check_recipe("probe.reconstruction", reconstruction)
+    _check_recipe("probe.reconstruction_conv", probe.reconstruction_conv)
+    _check_classifier("probe.linear", probe.linear)
+    if "transfer" in probe.enabled:
+        _check_classifier("probe.transfer.classifier", probe.transfer.classifier)
+        _require(0 < probe.transfer.validation_fraction < 1, "probe.transfer.validation_fraction",
+                 probe.transfer.validation_fraction, "a fraction in (0, 1)")
+        known_tasks = ("dominance", "colour_dominance", "quadrant_dominance", "dataset_switch")
+        for task in probe.transfer.tasks:
+            _require(task in known_tasks, "probe.transfer.tasks", task, f"one of {', '.join(known_tasks)}")
+            _require(task != "colour_dominance" or len(cfg.dataset.mean) == 3, "probe.transfer.tasks", task,
+                     f"colour_dominance needs RGB images; {cfg.dataset.name} is grayscale: use quadrant_dominance")
+    if "sample_loss" in probe.enabled:
+        for quantile in probe.sample_loss.quantiles:
+            _require(0 <= quantile <= 1, "probe.sample_loss.quantiles", quantile, "quantiles in [0, 1]")
+        for fraction in probe.sample_loss.worst_fractions:
+            _require(0 < fraction <= 1, "probe.sample_loss.worst_fractions", fraction, "fractions in (0, 1]")
 
     _require(cfg.device == "auto" or cfg.device == "cpu" or str(cfg.device).startswith("cuda"),
              "device", cfg.device, "auto, cpu, cuda or cuda:N")

@@ -1,8 +1,9 @@
 """What happens at an evaluation step: the classifier's own metrics, then every probe on every point.
 
-Per split, one forward pass (eval mode, no_grad) collects the activations of all probe points for
-the probe images; the classifier's metrics come from the logits of that same pass, extended to
-more images with a logits-only pass. Every probe reuses the cached activations.
+Per split, one forward pass (frozen network, no_grad) collects the activations of all probed points
+for the probe images; the classifier's metrics come from the logits of that same pass, extended to
+more images with a logits-only pass. Every probe reuses the cached activations. When a transfer
+probe switches datasets, the paired dataset's probe images get one such pass too.
 """
 
 from __future__ import annotations
@@ -30,36 +31,50 @@ class EvaluationSet:
     probe_count: int
 
 
+@dataclass
+class Activations:
+    """One split's pass: the logits of every image of its set, and each probed point's activations
+    (flattened) on the probe images."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    probe_data: dict[str, ProbeData]
+
+
 def evaluation_sets(splits: ImageSplits, probe_cfg: DictConfig, seed: int) -> dict[str, EvaluationSet]:
     """Seeded, fixed for the whole run, so every step measures the same images."""
     train_total, test_total = len(splits.train_labels), len(splits.test_labels)
-    train_count = min(train_total, max(probe_cfg.classifier_train_size, probe_cfg.train_size))
+    probe_train = min(probe_cfg.train_size or train_total, train_total)
+    train_count = min(train_total, max(probe_cfg.classifier_train_size, probe_train))
     train_indices = seeded_subset(train_total, train_count, seed, "evaluation.train")
     # The whole test split, shuffled, so its first rows are a seeded probe subset.
     test_indices = torch.randperm(test_total, generator=subset_generator(seed, "evaluation.test"))
     device = splits.train_images.device
     train_indices, test_indices = train_indices.to(device), test_indices.to(device)
     return {
-        "train": EvaluationSet(splits.train_images[train_indices], splits.train_labels[train_indices],
-                               min(probe_cfg.train_size, train_count)),
+        "train": EvaluationSet(splits.train_images[train_indices], splits.train_labels[train_indices], probe_train),
         "test": EvaluationSet(splits.test_images[test_indices], splits.test_labels[test_indices],
-                              min(probe_cfg.test_size, test_total)),
+                              min(probe_cfg.test_size or test_total, test_total)),
     }
 
 
 class Evaluator:
     def __init__(self, model: ProbedNetwork, splits: ImageSplits, probe_cfg: DictConfig, seed: int,
-                 training_batch_size: int):
+                 training_batch_size: int, other_splits: ImageSplits | None = None):
         self.model = model
         self.sets = evaluation_sets(splits, probe_cfg, seed)
-        self.layers = list(probe_cfg.layers) if probe_cfg.layers is not None else list(model.probe_points)
+        self.other_sets = evaluation_sets(other_splits, probe_cfg, seed) if other_splits is not None else None
+        self.layers = model.resolve_points(probe_cfg.layers)
         self.depths = {**model.probe_depths(), "output": 1.0}
-        self.probes = build_probes(probe_cfg)
+        self.shapes = model.probe_shapes(tuple(splits.train_images.shape[1:]))
+        self.probes = build_probes(probe_cfg, seed, splits.info)
+        if any(probe.data_source == "other_dataset" for probe in self.probes) and other_splits is None:
+            raise ValueError("a dataset_switch transfer probe needs the paired dataset's splits")
         self.bn_mode = probe_cfg.bn_mode
         # Batch statistics depend on the batch: extract with the training batch size, as the script does.
         self.batch_size = training_batch_size if self.bn_mode == "train" else probe_cfg.batch_size
 
-    def _classifier_logits_and_probe_data(self, split: EvaluationSet) -> tuple[torch.Tensor, dict[str, ProbeData]]:
+    def _pass(self, split: EvaluationSet) -> Activations:
         probed_images = split.images[: split.probe_count]
         points = list(dict.fromkeys([*self.layers, "logits"]))
         activations = collect_activations(self.model, probed_images, points, self.batch_size)
@@ -67,30 +82,39 @@ class Evaluator:
         if split.probe_count < len(split.images):
             rest = collect_activations(self.model, split.images[split.probe_count :], ["logits"], self.batch_size)
             logits = torch.cat([logits, rest["logits"]])
-        targets = probed_images.flatten(1)
         labels = split.labels[: split.probe_count]
-        probe_data = {layer: ProbeData(activations[layer], targets, labels) for layer in self.layers}
-        return logits, probe_data
+        probe_data = {layer: ProbeData(activations[layer], probed_images, labels, self.shapes[layer])
+                      for layer in self.layers}
+        return Activations(logits, split.labels, probe_data)
 
     def __call__(self) -> list[dict[str, Any]]:
-        """Rows of (layer, probe, metric, split, value) for the model as it is now.
+        """Rows of (layer, depth, probe, metric, split, value) for the model as it is now.
 
         The classifier's own metrics come from the same frozen network as the probes' activations.
         """
-        rows: list[dict[str, Any]] = []
-        probe_data: dict[str, dict[str, ProbeData]] = {}
         calibration = self.sets["train"].images[: self.sets["train"].probe_count]
         with autocast(calibration.device), frozen(self.model, self.bn_mode, calibration, self.batch_size):
-            for split_name, split in self.sets.items():
-                logits, probe_data[split_name] = self._classifier_logits_and_probe_data(split)
-                accuracy = (logits.argmax(1) == split.labels).float().mean().item()
-                cross_entropy = F.cross_entropy(logits, split.labels).item()
-                rows.append(self._row("output", "classifier", "accuracy", split_name, accuracy))
-                rows.append(self._row("output", "classifier", "cross_entropy", split_name, cross_entropy))
-        for layer in self.layers:
-            for probe_name, probe in self.probes.items():
-                for measurement in probe.fit_and_score(probe_data["train"][layer], probe_data["test"][layer]):
-                    rows.append(self._row(layer, probe_name, measurement.metric, measurement.split, measurement.value))
+            own = {split: self._pass(evaluation_set) for split, evaluation_set in self.sets.items()}
+            other = ({split: self._pass(evaluation_set) for split, evaluation_set in self.other_sets.items()}
+                     if self.other_sets is not None else None)
+        rows: list[dict[str, Any]] = []
+        for split, activations in own.items():
+            rows.append(self._row("output", "classifier", "accuracy", split,
+                                  (activations.logits.argmax(1) == activations.labels).float().mean().item()))
+            rows.append(self._row("output", "classifier", "cross_entropy", split,
+                                  F.cross_entropy(activations.logits, activations.labels).item()))
+        for probe in self.probes:
+            if probe.scope == "output":
+                inputs = {split: ProbeData(activations.logits, self.sets[split].images, activations.labels,
+                                           (activations.logits.shape[1],)) for split, activations in own.items()}
+                rows += [self._row("output", probe.name, measurement.metric, measurement.split, measurement.value)
+                         for measurement in probe.fit_and_score(inputs["train"], inputs["test"])]
+                continue
+            source = other if probe.data_source == "other_dataset" else own
+            for layer in self.layers:
+                for measurement in probe.fit_and_score(source["train"].probe_data[layer],
+                                                       source["test"].probe_data[layer]):
+                    rows.append(self._row(layer, probe.name, measurement.metric, measurement.split, measurement.value))
         return rows
 
     def _row(self, layer: str, probe: str, metric: str, split: str, value: float) -> dict[str, Any]:

@@ -18,9 +18,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from phases.config import CONFIG_DIR
 from phases.data import DATASETS, DataNotFoundError, download, locate_files
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def install_debian_package(package: str) -> bool:

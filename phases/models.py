@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
+import torch
 from omegaconf import DictConfig
 from torch import nn
 from torchvision.models.resnet import BasicBlock, conv1x1
@@ -21,16 +22,46 @@ from phases.data import DatasetInfo
 class ProbedNetwork(nn.Sequential):
     """A sequential classifier whose `probe_points` map a point's name to the submodule producing it.
 
-    Every network declares `logits` (the classifier's output), which the evaluation reads.
+    Every network declares `logits` (the classifier's output), which the evaluation reads, and, when
+    it has one, its `penultimate` point: the features the final Linear reads.
     """
 
-    def __init__(self, layers: OrderedDict[str, nn.Module], probe_points: dict[str, str]):
+    def __init__(self, layers: OrderedDict[str, nn.Module], probe_points: dict[str, str], penultimate: str | None):
         super().__init__(layers)
         for module_name in probe_points.values():
             self.get_submodule(module_name)  # fails at construction, not at the first evaluation
-        if "logits" not in probe_points:
-            raise ValueError("a ProbedNetwork must declare the probe point 'logits'")
+        if "logits" not in probe_points or (penultimate is not None and penultimate not in probe_points):
+            raise ValueError(f"probe points {list(probe_points)} must include 'logits' and {penultimate!r}")
         self.probe_points = dict(probe_points)
+        self.penultimate = penultimate
+
+    def selectable_points(self) -> list[str]:
+        """What `probe.layers` accepts: the probe points, and `penultimate` as an alias."""
+        return list(self.probe_points) + (["penultimate"] if self.penultimate else [])
+
+    def resolve_points(self, layers: list[str] | None) -> list[str]:
+        """`probe.layers` as probe point names: null = all, `penultimate` = this arch's penultimate point."""
+        if layers is None:
+            return list(self.probe_points)
+        return list(dict.fromkeys(self.penultimate if layer == "penultimate" else layer for layer in layers))
+
+    @torch.no_grad()
+    def probe_shapes(self, image_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """Each point's activation shape for one image of `image_shape`, from a forward pass in eval mode."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        handles = [self.get_submodule(module_name).register_forward_hook(
+            lambda _module, _inputs, output, point=point: shapes.__setitem__(point, tuple(output.shape[1:])))
+            for point, module_name in self.probe_points.items()]
+        was_training = self.training
+        self.eval()
+        try:
+            parameter = next(self.parameters())
+            self(torch.zeros(1, *image_shape, device=parameter.device, dtype=parameter.dtype))
+        finally:
+            self.train(was_training)
+            for handle in handles:
+                handle.remove()
+        return shapes
 
     def probe_depths(self) -> dict[str, float]:
         """Each point's depth as the fraction of the network's conv and linear layers computed before
@@ -83,7 +114,7 @@ def vgg8(arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:
     probe_points = {f"block{index}": f"block{index}" for index in range(1, 5)}
     probe_points["block5"] = "flatten"  # the 512-d penultimate features (block5's 1x1 map, flattened)
     probe_points["logits"] = "classifier"
-    return ProbedNetwork(layers, probe_points)
+    return ProbedNetwork(layers, probe_points, penultimate="block5")
 
 
 # Channels of the standard VGG configurations (torchvision's cfgs A, B, D); each inner list is one
@@ -114,7 +145,7 @@ def _vgg(name: str, arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:
     probe_points = {f"block{index}": f"block{index}" for index in range(1, 5)}
     probe_points["block5"] = "flatten"  # the penultimate features, as in vgg8
     probe_points["logits"] = "classifier"
-    return ProbedNetwork(layers, probe_points)
+    return ProbedNetwork(layers, probe_points, penultimate="block5")
 
 
 for _name in VGG_STAGES:
@@ -148,7 +179,7 @@ def _resnet(arch: DictConfig, info: DatasetInfo, blocks_per_stage: tuple[int, ..
                 nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
     probe_points = {"stem": "stem", **{f"block{index}": f"block{index}" for index in range(1, 5)},
                     "pooled": "flatten", "logits": "classifier"}
-    return ProbedNetwork(layers, probe_points)
+    return ProbedNetwork(layers, probe_points, penultimate="pooled")
 
 
 @register("resnet18")
@@ -172,7 +203,7 @@ def mlp(arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:
         features = hidden
     layers["classifier"] = nn.Linear(features, info.classes)
     probe_points = {f"hidden{index}": f"hidden{index}" for index in range(1, len(arch.hidden_sizes) + 1)}
-    return ProbedNetwork(layers, {**probe_points, "logits": "classifier"})
+    return ProbedNetwork(layers, {**probe_points, "logits": "classifier"}, penultimate=f"hidden{len(probe_points)}")
 
 
 @register("linear")
@@ -180,7 +211,7 @@ def linear(arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:
     """The network of the paper's theory: flatten, then Linear(pixels, classes) with no bias."""
     layers = OrderedDict(flatten=nn.Flatten(),
                          classifier=nn.Linear(info.channels * info.image_size**2, info.classes, bias=False))
-    return ProbedNetwork(layers, {"logits": "classifier"})
+    return ProbedNetwork(layers, {"logits": "classifier"}, penultimate=None)  # its input is the image itself
 
 
 def build_model(arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:

@@ -21,11 +21,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from phases import store
-from phases.config import ConfigError, optimizer_name, validate
-from phases.data import DataFormatError, DataNotFoundError, dataset_info, load_image_splits
+from phases.config import ConfigError, dataset_option, optimizer_name, validate
+from phases.data import DataFormatError, DataNotFoundError, ImageSplits, dataset_info, load_image_splits
 from phases.device import place_model, resolve_device
 from phases.evaluation import Evaluator
 from phases.models import build_model
+from phases.probes.transfer import DATASET_SWITCH
 from phases.train import train
 
 
@@ -35,13 +36,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def load_switch_dataset(cfg: DictConfig, device: torch.device) -> ImageSplits | None:
+    """The paired dataset of a dataset_switch transfer probe, with its own normalisation and the
+    run's subset sizes; its absence stops the run before anything is written."""
+    if "transfer" not in cfg.probe.enabled or "dataset_switch" not in cfg.probe.transfer.tasks:
+        return None
+    other = DATASET_SWITCH.get(cfg.dataset.name)
+    if other is None:
+        raise ConfigError("probe.transfer.tasks", "dataset_switch",
+                          f"datasets with a partner: {', '.join(f'{a} -> {b}' for a, b in DATASET_SWITCH.items())}")
+    other_cfg = dataset_option(other)
+    other_cfg.train_size, other_cfg.test_size = cfg.dataset.train_size, cfg.dataset.test_size
+    try:
+        return load_image_splits(other_cfg, cfg.paths, cfg.seed, device)
+    except DataNotFoundError as error:
+        message = f"probe.transfer.tasks includes dataset_switch, which needs {other}: {error}"
+        raise DataNotFoundError(message) from error
+
+
 def execute(cfg: DictConfig) -> dict[str, Any]:
     """Run (or skip) one configuration; returns its run.json content."""
     # Everything that can be wrong with the input is checked before any folder is written.
     info = dataset_info(cfg.dataset)
     seed_everything(cfg.seed)
     model = build_model(cfg.arch, info)
-    validate(cfg, list(model.probe_points))
+    validate(cfg, model.selectable_points())
     device = resolve_device(cfg.device)
     folder = store.run_folder(cfg)
     identifier = folder.name
@@ -49,6 +68,7 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
         print(f"run {identifier} is already done: {folder} (add force=true to rerun it)")
         return {"run_id": identifier, "status": "skipped"}
     splits = load_image_splits(cfg.dataset, cfg.paths, cfg.seed, device)
+    other_splits = load_switch_dataset(cfg, device)
     if cfg.schedule.batch_size > len(splits.train_labels):
         raise ConfigError("schedule.batch_size", cfg.schedule.batch_size,
                           f"at most the {len(splits.train_labels)} training images")
@@ -70,7 +90,7 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
 
     model = place_model(model, device)
     optimizer = hydra.utils.instantiate(cfg.optimizer, params=model.parameters())
-    evaluator = Evaluator(model, splits, cfg.probe, cfg.seed, cfg.schedule.batch_size)
+    evaluator = Evaluator(model, splits, cfg.probe, cfg.seed, cfg.schedule.batch_size, other_splits)
     identity = {"run_id": identifier, "dataset": cfg.dataset.name, "arch": cfg.arch.name,
                 "optimizer": optimizer_name(cfg), "seed": cfg.seed}
     rows: list[dict[str, Any]] = []

@@ -101,7 +101,7 @@ def paths_without_system_copy(data_dir: Path, tmp_path: Path):
                              "system_data_dir": None})
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def real_fashion_mnist() -> Path:
     """Debian's copy of the real Fashion-MNIST; required in CI, skipped elsewhere when missing."""
     if not (REAL_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():

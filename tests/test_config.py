@@ -19,7 +19,7 @@ def composed(*overrides: str):
 
 
 def probe_points(cfg) -> list[str]:
-    return list(build_model(cfg.arch, dataset_info(cfg.dataset)).probe_points)
+    return build_model(cfg.arch, dataset_info(cfg.dataset)).selectable_points()
 
 
 def test_defaults_are_the_papers_protocol():
@@ -69,13 +69,17 @@ def test_unknown_arch_option_lists_the_known_ones():
         ("probe.train_size=0", "probe.train_size"),
         ("probe.layers=[block9]", "probe.layers"),
         ("probe.reconstruction.ridge=0", "probe.reconstruction.ridge"),
+        ("probe.reconstruction.solver=adam", "probe.reconstruction.solver"),
+        ("probe.linear.lr=-0.1", "probe.linear.lr"),
+        ("probe.enabled=[reconstruction,decoder]", "probe.enabled"),
+        ("probe.enabled=[transfer] probe.transfer.tasks=[colour_dominance]", "probe.transfer.tasks"),
         ("dataset.std=[0]", "dataset.std[0]"),
         ("dataset.train_size=0", "dataset.train_size"),
         ("device=tpu", "device"),
     ],
 )
 def test_out_of_range_values_name_the_key_and_value(override, key):
-    cfg = composed(override)
+    cfg = composed(*override.split())
     with pytest.raises(ConfigError) as raised:
         validate(cfg, probe_points(cfg))
     assert raised.value.key == key
@@ -83,6 +87,17 @@ def test_out_of_range_values_name_the_key_and_value(override, key):
 
 
 def test_unknown_probe_layer_error_lists_the_archs_probe_points():
-    cfg = composed("probe.layers=[block5,penultimate]")
-    with pytest.raises(ConfigError, match="block1, block2, block3, block4, block5, logits"):
+    cfg = composed("probe.layers=[block5,pooled]")
+    with pytest.raises(ConfigError, match="block1, block2, block3, block4, block5, logits, penultimate"):
         validate(cfg, probe_points(cfg))
+
+
+def test_penultimate_names_each_archs_last_features():
+    for arch, point in (("vgg8", "block5"), ("resnet18", "pooled"), ("mlp", "hidden2")):
+        cfg = composed(f"arch={arch}", "probe.layers=[penultimate,logits]")
+        model = build_model(cfg.arch, dataset_info(cfg.dataset))
+        validate(cfg, model.selectable_points())
+        assert model.resolve_points(cfg.probe.layers) == [point, "logits"]
+    linear = composed("arch=linear", "probe.layers=[penultimate]")
+    with pytest.raises(ConfigError, match="probe.layers='penultimate'"):
+        validate(linear, probe_points(linear))

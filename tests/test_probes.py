@@ -1,11 +1,24 @@
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from phases.data import load_image_splits
-from phases.features import collect_activations
+from phases.features import collect_activations, frozen
 from phases.models import build_model
-from phases.probes import ClosedFormReconstruction, LinearClassifier, ProbeData, fit_ridge
+from phases.probes import (
+    ClosedFormReconstruction,
+    ConvolutionalReconstruction,
+    GradientReconstruction,
+    LBFGSClassifier,
+    ProbeData,
+    SampleLoss,
+    SGDClassifier,
+    TransferProbe,
+    fit_ridge,
+)
+from phases.probes.transfer import colour_dominance_labels, quadrant_dominance_labels
 
 
 def random_problem(images: int, features: int, outputs: int, seed: int = 0):
@@ -74,45 +87,130 @@ def blobs(images: int, seed: int, separation: float = 8.0):
 
 
 def as_probe_data(features, labels):
-    return ProbeData(features=features, images=torch.zeros(len(labels), 1), labels=labels)
+    return ProbeData(features=features, images=torch.zeros(len(labels), 1, 2, 2), labels=labels,
+                     feature_shape=tuple(features.shape[1:]))
+
+
+CLASSIFIERS = {"lbfgs": lambda: LBFGSClassifier(l2=1e-3, max_iterations=30),
+               "sgd": lambda: SGDClassifier(epochs=20, lr=0.01, momentum=0.9, lr_drop_epoch=10, batch_size=128, seed=0)}
 
 
 def metrics(measurements):
     return {(m.metric, m.split): m.value for m in measurements}
 
 
-def test_linear_probe_separates_separable_data():
+@pytest.mark.parametrize("solver", sorted(CLASSIFIERS))
+def test_linear_probe_separates_separable_data(solver):
     (train_x, train_y), (test_x, test_y) = blobs(300, 0), blobs(300, 1)
-    result = metrics(LinearClassifier(l2=1e-3, max_iterations=30).fit_and_score(
+    result = metrics(CLASSIFIERS[solver]().fit_and_score(
         as_probe_data(train_x, train_y), as_probe_data(test_x, test_y)))
     assert result[("accuracy", "train")] == 1.0 and result[("accuracy", "test")] == 1.0
     assert result[("cross_entropy", "test")] < 0.1
 
 
-def test_linear_probe_is_at_chance_on_shuffled_labels():
+@pytest.mark.parametrize("solver", sorted(CLASSIFIERS))
+def test_linear_probe_is_at_chance_on_shuffled_labels(solver):
     # The same separable data, but training labels shuffled: nothing links features to labels.
     (train_x, train_y), (test_x, test_y) = blobs(3000, 0, separation=2.0), blobs(3000, 1, separation=2.0)
     shuffled = train_y[torch.randperm(3000, generator=torch.Generator().manual_seed(2))]
-    honest = metrics(LinearClassifier(l2=1e-3, max_iterations=30).fit_and_score(
+    honest = metrics(CLASSIFIERS[solver]().fit_and_score(
         as_probe_data(train_x, train_y), as_probe_data(test_x, test_y)))
-    result = metrics(LinearClassifier(l2=1e-3, max_iterations=30).fit_and_score(
+    result = metrics(CLASSIFIERS[solver]().fit_and_score(
         as_probe_data(train_x, shuffled), as_probe_data(test_x, test_y)))
     assert honest[("accuracy", "test")] > 0.5
     assert abs(result[("accuracy", "test")] - 1 / 3) < 0.05
 
 
-def test_closed_form_decoder_beats_the_mean_image_on_real_data(real_fashion_mnist, tmp_path):
+@pytest.fixture(scope="module")
+def real_block_activations(real_fashion_mnist, tmp_path_factory):
+    """block3 (128x4x4) and block5 (512) of a randomly initialised VGG-8 on 3000/1000 real Fashion-MNIST images."""
     dataset = OmegaConf.create({"name": "fashion_mnist", "image_size": 32, "mean": [0.281], "std": [0.352],
                                 "train_size": 3000, "test_size": 1000, "download": False})
-    paths = OmegaConf.create({"data_dir": str(tmp_path), "system_data_dir": str(real_fashion_mnist.parent)})
+    paths = OmegaConf.create({"data_dir": str(tmp_path_factory.mktemp("data")),
+                              "system_data_dir": str(real_fashion_mnist.parent)})
     splits = load_image_splits(dataset, paths, seed=0, device=torch.device("cpu"))
     torch.manual_seed(0)
     model = build_model(OmegaConf.create({"name": "vgg8", "width": 1.0}), splits.info).eval()
+    shapes = model.probe_shapes((1, 32, 32))
     data = {}
-    for split, images, labels in (("train", splits.train_images, splits.train_labels),
-                                  ("test", splits.test_images, splits.test_labels)):
-        features = collect_activations(model, images, ["block5"], batch_size=500)["block5"]
-        data[split] = ProbeData(features, images.flatten(1), labels)
-    result = metrics(ClosedFormReconstruction(ridge=1e-3).fit_and_score(data["train"], data["test"]))
-    mean_image_mse = F.mse_loss(data["train"].images.mean(0).expand_as(data["test"].images), data["test"].images)
-    assert result[("mse", "test")] < 0.5 * mean_image_mse.item()
+    # The default extraction (precise_eval): at initialisation plain eval mode gives tiny activations.
+    with frozen(model, "precise_eval", splits.train_images, batch_size=500):
+        for split, images, labels in (("train", splits.train_images, splits.train_labels),
+                                      ("test", splits.test_images, splits.test_labels)):
+            features = collect_activations(model, images, ["block3", "block5"], batch_size=500)
+            data[split] = {layer: ProbeData(features[layer], images, labels, shapes[layer]) for layer in features}
+    return data
+
+
+DECODERS = {
+    "closed_form": lambda: ClosedFormReconstruction(ridge=1e-3),
+    "sgd": lambda: GradientReconstruction(epochs=5, lr=3e-4, weight_decay=1e-5, batch_size=128, seed=0),
+    "conv": lambda: ConvolutionalReconstruction(epochs=2, lr=3e-4, weight_decay=1e-5, batch_size=128, seed=0),
+}
+
+
+@pytest.mark.parametrize("layer", ["block3", "block5"])
+@pytest.mark.parametrize("decoder", sorted(DECODERS))
+def test_every_decoder_beats_the_mean_image_on_real_data(real_block_activations, decoder, layer):
+    train, test = real_block_activations["train"][layer], real_block_activations["test"][layer]
+    result = metrics(DECODERS[decoder]().fit_and_score(train, test))
+    mean_image_mse = F.mse_loss(train.images.mean(0).expand_as(test.images), test.images).item()
+    assert result[("mse", "test")] < 0.8 * mean_image_mse
+
+
+def test_closed_form_is_no_worse_than_the_published_adam_recipe(real_block_activations):
+    train, test = real_block_activations["train"]["block5"], real_block_activations["test"]["block5"]
+    exact = metrics(ClosedFormReconstruction(ridge=1e-3).fit_and_score(train, test))
+    recipe = metrics(GradientReconstruction(epochs=20, lr=3e-4, weight_decay=1e-5, batch_size=128,
+                                            seed=0).fit_and_score(train, test))
+    assert exact[("mse", "train")] <= recipe[("mse", "train")]
+    assert exact[("mse", "test")] <= recipe[("mse", "test")] * 1.02
+
+
+def test_colour_dominance_labels_on_hand_built_images():
+    images = torch.zeros(3, 3, 4, 4)
+    images[0, 0] = 1.0  # red
+    images[1, 1] = 2.0  # green
+    images[2, 2] = 0.5  # blue, with the others negative
+    images[2, :2] = -1.0
+    assert colour_dominance_labels(images).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="quadrant_dominance"):
+        colour_dominance_labels(torch.zeros(1, 1, 4, 4))
+
+
+def test_quadrant_dominance_labels_on_hand_built_images():
+    images = torch.full((4, 1, 4, 4), -1.0)
+    images[0, :, :2, :2] = 1.0  # top-left
+    images[1, :, :2, 2:] = 1.0  # top-right
+    images[2, :, 2:, :2] = 1.0  # bottom-left
+    images[3, :, 2:, 2:] = 1.0  # bottom-right
+    assert quadrant_dominance_labels(images).tolist() == [0, 1, 2, 3]
+
+
+def test_transfer_probe_learns_the_task_and_holds_out_a_validation_split():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(1000, 1, 8, 8, generator=generator)
+    # Features that carry the quadrant sums linearly: the task is linearly decodable from them.
+    features = torch.stack([images[:, 0, rows, columns].sum(dim=(1, 2)) for rows in (slice(0, 4), slice(4, 8))
+                            for columns in (slice(0, 4), slice(4, 8))], dim=1)
+    train = ProbeData(features[:800], images[:800], torch.zeros(800, dtype=torch.long), (4,))
+    test = ProbeData(features[800:], images[800:], torch.zeros(200, dtype=torch.long), (4,))
+    probe = TransferProbe("quadrant_dominance", LBFGSClassifier(l2=1e-4, max_iterations=100), 0.25, seed=0)
+    result = metrics(probe.fit_and_score(train, test))
+    assert probe.name == "transfer_quadrant_dominance"
+    assert {split for _, split in result} == {"train", "val", "test"}
+    assert result[("accuracy", "val")] > 0.9 and result[("accuracy", "test")] > 0.9
+
+
+def test_sample_loss_matches_a_direct_computation():
+    generator = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(1000, 5, generator=generator) * 3, torch.randint(0, 5, (1000,), generator=generator)
+    data = ProbeData(logits, torch.zeros(1000, 1, 2, 2), labels, (5,))
+    result = metrics(SampleLoss([0.5, 0.9, 0.99], [0.01, 0.1]).fit_and_score(data, data))
+    losses = np.array([-np.log(np.exp(row) [label] / np.exp(row).sum()) for row, label in
+                       zip(logits.double().numpy(), labels.numpy(), strict=True)])
+    for name, quantile in (("loss_p50", 0.5), ("loss_p90", 0.9), ("loss_p99", 0.99)):
+        assert result[(name, "train")] == pytest.approx(np.quantile(losses, quantile), rel=1e-5)
+    worst = np.sort(losses)[::-1]
+    assert result[("loss_share_worst_1pct", "train")] == pytest.approx(worst[:10].sum() / losses.sum(), rel=1e-5)
+    assert result[("loss_share_worst_10pct", "test")] == pytest.approx(worst[:100].sum() / losses.sum(), rel=1e-5)

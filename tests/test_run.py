@@ -63,12 +63,14 @@ def test_metrics_have_the_exact_schema_and_one_row_per_measurement(finished_run)
     frame = table.to_pandas()
     steps = evaluation_steps(4)
     assert sorted(frame["step"].unique()) == steps
-    # Per step: classifier 2 metrics x 2 splits; per probe point: reconstruction mse x 2 splits and
-    # linear accuracy/cross_entropy x 2 splits.
-    assert len(frame) == len(steps) * (4 + len(VGG8_POINTS) * (2 + 4))
+    # Per step: classifier 2 metrics x 2 splits, sample_loss 5 metrics x 2 splits; per probe point:
+    # reconstruction mse x 2 splits and linear accuracy/cross_entropy x 2 splits.
+    assert len(frame) == len(steps) * (4 + 10 + len(VGG8_POINTS) * (2 + 4))
     assert not frame.duplicated(["step", "layer", "probe", "metric", "split"]).any()
     assert set(frame["layer"]) == {"output", *VGG8_POINTS}
-    assert set(frame["probe"]) == {"classifier", "reconstruction", "linear"}
+    assert set(frame["probe"]) == {"classifier", "reconstruction", "linear", "sample_loss"}
+    assert set(frame.query("probe == 'sample_loss'")["metric"]) == {
+        "loss_p50", "loss_p90", "loss_p99", "loss_share_worst_1pct", "loss_share_worst_10pct"}
     reconstruction = frame.query("probe == 'reconstruction'")
     assert set(reconstruction["metric"]) == {"mse"} and (reconstruction["value"] > 0).all()
     accuracy = frame.query("metric == 'accuracy'")["value"]
@@ -183,3 +185,33 @@ def test_the_users_sweep_command_runs_every_combination(tmp_path, launcher):
         assert sorted(frame["step"].unique()) == evaluation_steps(16)
     # Hydra's sweep folder (submitit's logs) lives under paths.outputs, nothing in the working directory.
     assert (outputs / "sweeps").is_dir() and sorted(path.name for path in tmp_path.iterdir()) == ["data", "outputs"]
+
+
+def test_the_published_recipe_runs_every_probe_on_the_penultimate_layer(tmp_path):
+    """`probe=paper`, shrunk: SGD/Adam solvers, the conv decoder, both transfer tasks, sample loss."""
+    from tests.conftest import write_dataset
+
+    data_dir = tmp_path / "data"
+    write_dataset(data_dir, "fashion_mnist", train=120, test=60)
+    write_dataset(data_dir, "mnist", train=120, test=60)
+    result = run_phases("probe=paper", "probe.train_size=100", "probe.test_size=50", "probe.reconstruction.epochs=2",
+                        "probe.reconstruction_conv.epochs=1", "probe.linear.epochs=2", "probe.linear.lr_drop_epoch=1",
+                        "probe.transfer.classifier.epochs=2", "schedule.max_steps=2", data_dir=data_dir,
+                        outputs=tmp_path / "outputs")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (folder,) = (tmp_path / "outputs" / "runs").iterdir()
+    frame = pq.read_table(folder / "metrics.parquet").to_pandas()
+    assert set(frame["layer"]) == {"block5", "output"}
+    assert set(frame["probe"]) == {"classifier", "sample_loss", "reconstruction", "reconstruction_conv", "linear",
+                                   "transfer_quadrant_dominance", "transfer_dataset_switch"}
+    transfer = frame.query("probe == 'transfer_dataset_switch'")
+    assert set(transfer["split"]) == {"train", "val", "test"}
+    assert set(transfer["metric"]) == {"accuracy", "cross_entropy"}
+
+
+def test_dataset_switch_without_the_paired_dataset_fails_before_writing(data_dir, tmp_path):
+    result = run_phases("probe.enabled=[transfer]", "probe.transfer.tasks=[dataset_switch]", data_dir=data_dir,
+                        outputs=tmp_path / "outputs")
+    assert result.returncode != 0
+    assert "dataset_switch, which needs mnist" in result.stderr and "MNIST/raw" in result.stderr
+    assert not (tmp_path / "outputs" / "runs").exists()

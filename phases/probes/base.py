@@ -1,0 +1,48 @@
+"""What every probe receives and returns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class ProbeData:
+    features: torch.Tensor  # (images, features) activations of one probe point, flattened
+    images: torch.Tensor  # (images, channels, height, width) the normalised input images: decoders' target
+    labels: torch.Tensor  # (images,) class labels of the task the network is trained on
+    feature_shape: tuple[int, ...]  # one image's activation before flattening, e.g. (64, 8, 8) or (512,)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    metric: str
+    split: str  # "train", "val" or "test"
+    value: float
+
+
+class Probe(Protocol):
+    name: str  # the `probe` column of the metrics table
+    scope: str  # "layer": each probed layer; "output": once, on the classifier's logits
+    data_source: str  # "own": the run's dataset; "other_dataset": its transfer partner
+
+    def fit_and_score(self, train: ProbeData, test: ProbeData) -> list[Measurement]: ...
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed the global RNG for a probe's initialisation and restore it afterwards, so a probe is the
+    same at every step and never shifts the random numbers the training run draws."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def minibatch_indices(count: int, batch_size: int, generator: torch.Generator, device: torch.device):
+    """One epoch of shuffled minibatch indices (the last one may be smaller), as a DataLoader would."""
+    order = torch.randperm(count, generator=generator).to(device)
+    return order.split(batch_size)

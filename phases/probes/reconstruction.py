@@ -1,0 +1,145 @@
+"""Reconstruction probes: decoders from a layer's activations back to the normalised input image.
+
+The reconstruction loss (RL) is the decoder's per-pixel MSE on test images. `closed_form` is the
+exact optimum of the linear decoder; `GradientReconstruction` is the published recipe for the same
+decoder (Adam, 20 epochs); `ConvolutionalReconstruction` is the script's alternative decoder.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from phases.probes.base import Measurement, ProbeData, minibatch_indices, seeded
+
+
+def fit_ridge(features: torch.Tensor, targets: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact affine ridge regression: (weight (features, outputs), bias (outputs,)).
+
+    Minimises ||X W + b - Y||^2 + lambda ||W||^2 with lambda = ridge * trace(Xc^T Xc) / features
+    (Xc: centred X), so `ridge` is free of the features' scale. Solved in the primal
+    (features x features system) or, when features outnumber images, in the dual (images x images):
+    W = Xc^T (Xc Xc^T + lambda I)^-1 Yc, the same solution at a fraction of the cost.
+    """
+    feature_mean, target_mean = features.mean(0), targets.mean(0)
+    centred, centred_targets = features - feature_mean, targets - target_mean
+    images, dimension = centred.shape
+    primal = dimension <= images
+    cholesky = None
+    # The Gram matrix is the costly product: float32 first, solved in float64. A tiny relative ridge
+    # can leave float32 rounding errors larger than the penalty (Cholesky fails): redo it in float64.
+    for dtype in (torch.float32, torch.float64):
+        matrix = centred.to(dtype)
+        gram = (matrix.T @ matrix if primal else matrix @ matrix.T).double()
+        penalty = ridge * gram.diagonal().sum() / dimension + torch.finfo(torch.float64).tiny
+        gram.diagonal().add_(penalty)
+        cholesky, failed = torch.linalg.cholesky_ex(gram)
+        if not failed:
+            break
+    else:
+        raise torch.linalg.LinAlgError(f"ridge system not positive definite even in float64 (ridge={ridge})")
+    if primal:
+        weight = torch.cholesky_solve((centred.T @ centred_targets).double(), cholesky).float()
+    else:
+        # The (features x images) @ (images x outputs) product is as large as the Gram: keep it in float32.
+        weight = centred.T @ torch.cholesky_solve(centred_targets.double(), cholesky).float()
+    return weight, target_mean - feature_mean @ weight
+
+
+def _mse_measurements(predict, train: ProbeData, test: ProbeData) -> list[Measurement]:
+    with torch.no_grad():
+        return [Measurement("mse", split, F.mse_loss(predict(data.features), data.images.flatten(1)).item())
+                for split, data in (("train", train), ("test", test))]
+
+
+class ClosedFormReconstruction:
+    """The linear (affine) decoder at its exact ridge optimum: no epochs, no learning rate to tune."""
+
+    name, scope, data_source = "reconstruction", "layer", "own"
+
+    def __init__(self, ridge: float):
+        self.ridge = ridge
+
+    def fit_and_score(self, train: ProbeData, test: ProbeData) -> list[Measurement]:
+        weight, bias = fit_ridge(train.features, train.images.flatten(1), self.ridge)
+        return _mse_measurements(lambda features: features @ weight + bias, train, test)
+
+
+def train_decoder(decoder: nn.Module, train: ProbeData, epochs: int, lr: float, weight_decay: float,
+                  batch_size: int, generator: torch.Generator) -> None:
+    """The published recipe: Adam on the per-pixel MSE, shuffled minibatches, a fixed number of epochs."""
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=lr, weight_decay=weight_decay)
+    targets = train.images.flatten(1)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            for batch in minibatch_indices(len(targets), batch_size, generator, targets.device):
+                optimizer.zero_grad(set_to_none=True)
+                F.mse_loss(decoder(train.features[batch]), targets[batch]).backward()
+                optimizer.step()
+
+
+class GradientReconstruction:
+    """The published script's linear decoder: nn.Linear trained with Adam (lr 3e-4, weight decay 1e-5,
+    batch 128, 20 epochs) on the raw activations."""
+
+    name, scope, data_source = "reconstruction", "layer", "own"
+
+    def __init__(self, epochs: int, lr: float, weight_decay: float, batch_size: int, seed: int):
+        self.epochs, self.lr, self.weight_decay, self.batch_size, self.seed = epochs, lr, weight_decay, batch_size, seed
+
+    def fit_and_score(self, train: ProbeData, test: ProbeData) -> list[Measurement]:
+        with seeded(self.seed):
+            decoder = nn.Linear(train.features.shape[1], train.images[0].numel()).to(train.features.device)
+        train_decoder(decoder, train, self.epochs, self.lr, self.weight_decay, self.batch_size,
+                      torch.Generator().manual_seed(self.seed))
+        return _mse_measurements(decoder, train, test)
+
+
+def convolutional_decoder(feature_shape: tuple[int, ...], image_shape: tuple[int, ...], width: int = 256) -> nn.Module:
+    """The script's convolutional decoder: a Linear (flat features) or 1x1 Conv (feature maps) to
+    `width` channels, then ConvTranspose 4x4 stride 2 + ReLU blocks doubling the size up to the image's,
+    then a 3x3 conv to the image's channels. Output flattened, like the linear decoders'."""
+    channels, size = image_shape[0], image_shape[-1]
+    layers: list[nn.Module] = []
+    if len(feature_shape) == 1:
+        side = 4
+        layers += [nn.Linear(feature_shape[0], width * side * side), nn.ReLU(), nn.Unflatten(1, (width, side, side))]
+    else:
+        side = feature_shape[-1]
+        layers += [nn.Unflatten(1, feature_shape), nn.Conv2d(feature_shape[0], width, kernel_size=1), nn.ReLU()]
+    current = width
+    while side < size:
+        following = max(current // 2, 16)
+        layers += [nn.ConvTranspose2d(current, following, kernel_size=4, stride=2, padding=1), nn.ReLU()]
+        current, side = following, side * 2
+    if side != size:
+        raise ValueError(f"feature maps of side {feature_shape[-1]} do not double up to the image side {size}")
+    layers += [nn.Conv2d(current, channels, kernel_size=3, padding=1), nn.Flatten()]
+    return nn.Sequential(*layers)
+
+
+class ConvolutionalReconstruction:
+    """The script's convolutional decoder trained with the same Adam recipe; reports `mse` like the
+    linear decoders, under its own probe name."""
+
+    name, scope, data_source = "reconstruction_conv", "layer", "own"
+
+    def __init__(self, epochs: int, lr: float, weight_decay: float, batch_size: int, seed: int):
+        self.epochs, self.lr, self.weight_decay, self.batch_size, self.seed = epochs, lr, weight_decay, batch_size, seed
+
+    def fit_and_score(self, train: ProbeData, test: ProbeData) -> list[Measurement]:
+        side = train.feature_shape[-1]
+        if len(train.feature_shape) == 3 and not math.log2(train.images.shape[-1] / side).is_integer():
+            raise ValueError(f"reconstruction_conv needs feature maps whose side doubles to the image's, "
+                             f"got {train.feature_shape}")
+        with seeded(self.seed):
+            decoder = convolutional_decoder(train.feature_shape, tuple(train.images.shape[1:]))
+        decoder = decoder.to(train.features.device)
+        train_decoder(decoder, train, self.epochs, self.lr, self.weight_decay, self.batch_size,
+                      torch.Generator().manual_seed(self.seed))
+        decoder.eval()
+        return _mse_measurements(lambda features: torch.cat([decoder(chunk) for chunk in features.split(1000)]),
+                                 train, test)

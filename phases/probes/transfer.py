@@ -1,0 +1,74 @@
+"""Transfer probes: a linear classifier on the frozen activations, trained for another task.
+
+Tasks: `colour_dominance` (RGB images: which channel has the largest sum over the normalised
+image; 3 classes, the paper's), `quadrant_dominance` (our addition for grayscale images: which
+image quadrant has the largest sum of the normalised image; 4 classes) and `dataset_switch` (the
+frozen network's activations on the paired dataset, with that dataset's labels). A seeded part of
+the transfer training split is held out and reported as split "val", so the best pre-training step
+can be chosen without looking at the test split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from phases.probes.base import Measurement, ProbeData
+from phases.probes.classification import classification_measurements
+
+# fashion_mnist <-> mnist, cifar10 <-> cifar100: the pairs the paper transfers between.
+DATASET_SWITCH = {"fashion_mnist": "mnist", "mnist": "fashion_mnist", "cifar10": "cifar100", "cifar100": "cifar10"}
+TASKS = ("colour_dominance", "quadrant_dominance", "dataset_switch")
+
+
+def colour_dominance_labels(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> which of R, G, B has the largest sum."""
+    if images.shape[1] != 3:
+        raise ValueError(f"colour_dominance needs RGB images, got {images.shape[1]} channel(s); "
+                         "use quadrant_dominance for grayscale datasets")
+    return images.sum(dim=(2, 3)).argmax(1)
+
+
+def quadrant_dominance_labels(images: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> which quadrant (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right) has the
+    largest sum over all channels."""
+    half_height, half_width = images.shape[2] // 2, images.shape[3] // 2
+    quadrants = [images[:, :, rows, columns].sum(dim=(1, 2, 3))
+                 for rows in (slice(0, half_height), slice(half_height, None))
+                 for columns in (slice(0, half_width), slice(half_width, None))]
+    return torch.stack(quadrants, dim=1).argmax(1)
+
+
+TASK_LABELS = {"colour_dominance": colour_dominance_labels, "quadrant_dominance": quadrant_dominance_labels}
+
+
+class TransferProbe:
+    scope = "layer"
+
+    def __init__(self, task: str, classifier, validation_fraction: float, seed: int):
+        if task not in TASKS:
+            raise ValueError(f"transfer task {task!r}; known: {', '.join(TASKS)}")
+        self.task, self.classifier, self.validation_fraction, self.seed = task, classifier, validation_fraction, seed
+        self.name = f"transfer_{task}"
+        self.data_source = "other_dataset" if task == "dataset_switch" else "own"
+
+    def _labelled(self, data: ProbeData) -> ProbeData:
+        if self.task == "dataset_switch":
+            return data  # the paired dataset's own labels
+        return replace(data, labels=TASK_LABELS[self.task](data.images))
+
+    def fit_and_score(self, train: ProbeData, test: ProbeData) -> list[Measurement]:
+        train, test = self._labelled(train), self._labelled(test)
+        order = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(self.seed))
+        held_out = max(1, round(self.validation_fraction * len(order)))
+        order = order.to(train.labels.device)
+        validation_rows, fitting_rows = order[:held_out], order[held_out:]
+        classes = int(max(train.labels.max(), test.labels.max()).item()) + 1
+        predict = self.classifier.fit(train.features[fitting_rows], train.labels[fitting_rows], classes)
+        with torch.no_grad():
+            parts = (("train", train.features[fitting_rows], train.labels[fitting_rows]),
+                     ("val", train.features[validation_rows], train.labels[validation_rows]),
+                     ("test", test.features, test.labels))
+            return [measurement for split, features, labels in parts
+                    for measurement in classification_measurements(predict(features), labels, split)]
