@@ -34,8 +34,9 @@ figures: install  ## figures of every run under $(OUTPUTS) into $(OUTPUTS)/figur
 test: install  ## the test suite (end-to-end tests included; about 5 minutes on 2 cores)
 	$(BIN)/python -m pytest
 
-bench: install  ## training speed: our step against a bare PyTorch loop, every arch at width 1 and 0.25
+bench: data  ## speed: our training step vs a bare PyTorch loop; our probe solvers vs the published recipes
 	$(BIN)/python -m phases.bench
+	$(BIN)/python -m phases.bench_probes --outputs $(OUTPUTS)
 
 clean:  ## remove the virtual environment and caches (results in $(OUTPUTS) are kept)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

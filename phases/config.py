@@ -132,13 +132,14 @@ class SampleLossProbeConfig:
 class ProbeConfig:
     # Probe points to measure; null = every point the arch declares; `penultimate` names the input of
     # the final Linear in any arch (block5 in the VGGs, pooled in the ResNets).
-    layers: list[str] | None = None
+    layers: list[str] | None = field(default_factory=lambda: ["penultimate", "logits"])
     train_size: int | None = 5000  # images the probes are fitted on (a seeded subset of the training split); null = all
     test_size: int | None = 5000  # images the probes are scored on (a seeded subset of the test split); null = all
     # Training images the classifier's own train accuracy is measured on; its test accuracy always
     # uses the whole (possibly dataset.test_size-reduced) test split.
-    classifier_train_size: int = 10000
-    batch_size: int = 1000  # images per forward pass when collecting activations
+    classifier_train_size: int = 5000
+    batch_size: int = 256  # images per forward pass when collecting activations (fits CPU caches)
+    calibration_size: int = 2000  # precise_eval: probe training images BatchNorm statistics are recomputed on
     # BatchNorm during extraction: precise_eval (eval mode, statistics recomputed on the probe's train
     # images at the current weights), eval (running statistics as they are) or train (batch statistics
     # in batches of schedule.batch_size: the published script's quirk). See phases/features.py.
@@ -258,7 +259,7 @@ def validate(cfg: DictConfig, probe_points: list[str]) -> None:
     _require(schedule.batch_size >= 1, "schedule.batch_size", schedule.batch_size, "an integer >= 1 (images)")
 
     probe = cfg.probe
-    for key in ("classifier_train_size", "batch_size"):
+    for key in ("classifier_train_size", "batch_size", "calibration_size"):
         _require(probe[key] >= 1, f"probe.{key}", probe[key], "an integer >= 1 (images)")
     _check_optional_size("probe.test_size", probe.test_size)
     _require(probe.train_size is None or probe.train_size >= 10, "probe.train_size", probe.train_size,

@@ -71,6 +71,7 @@ class Evaluator:
         if any(probe.data_source == "other_dataset" for probe in self.probes) and other_splits is None:
             raise ValueError("a dataset_switch transfer probe needs the paired dataset's splits")
         self.bn_mode = probe_cfg.bn_mode
+        self.calibration_size = probe_cfg.calibration_size
         # Batch statistics depend on the batch: extract with the training batch size, as the script does.
         self.batch_size = training_batch_size if self.bn_mode == "train" else probe_cfg.batch_size
 
@@ -92,7 +93,7 @@ class Evaluator:
 
         The classifier's own metrics come from the same frozen network as the probes' activations.
         """
-        calibration = self.sets["train"].images[: self.sets["train"].probe_count]
+        calibration = self.sets["train"].images[: min(self.sets["train"].probe_count, self.calibration_size)]
         with autocast(calibration.device), frozen(self.model, self.bn_mode, calibration, self.batch_size):
             own = {split: self._pass(evaluation_set) for split, evaluation_set in self.sets.items()}
             other = ({split: self._pass(evaluation_set) for split, evaluation_set in self.other_sets.items()}

@@ -31,7 +31,7 @@ def random_problem(images: int, features: int, outputs: int, seed: int = 0):
 
 def test_closed_form_decoder_recovers_a_known_linear_map():
     inputs, weight, bias = random_problem(images=400, features=30, outputs=50)
-    fitted_weight, fitted_bias = fit_ridge(inputs, inputs @ weight + bias, ridge=1e-8)
+    fitted_weight, fitted_bias, _ = fit_ridge(inputs, inputs @ weight + bias, ridge=1e-8)
     assert torch.allclose(fitted_weight, weight, atol=1e-3)
     assert torch.allclose(fitted_bias, bias, atol=1e-3)
 
@@ -39,7 +39,7 @@ def test_closed_form_decoder_recovers_a_known_linear_map():
 def test_dual_form_equals_primal_form_when_features_outnumber_images():
     inputs, weight, _ = random_problem(images=40, features=120, outputs=7)
     targets = inputs @ weight + 0.1 * torch.randn(40, 7)
-    dual_weight, dual_bias = fit_ridge(inputs, targets, ridge=1e-2)  # 120 features > 40 images: dual
+    dual_weight, dual_bias, _ = fit_ridge(inputs, targets, ridge=1e-2)  # 120 features > 40 images: dual
     centred = (inputs - inputs.mean(0)).double()
     penalty = 1e-2 * centred.square().sum() / 120
     primal = torch.linalg.solve(centred.T @ centred + penalty * torch.eye(120, dtype=torch.float64),
@@ -52,7 +52,7 @@ def test_closed_form_matches_a_gradient_trained_decoder():
     inputs, weight, bias = random_problem(images=300, features=20, outputs=16, seed=1)
     targets = torch.tanh(inputs @ weight / 10) + bias  # not exactly linear: the optimum has residuals
     ridge = 1e-2
-    fitted_weight, fitted_bias = fit_ridge(inputs, targets, ridge)
+    fitted_weight, fitted_bias, _ = fit_ridge(inputs, targets, ridge)
     centred = inputs - inputs.mean(0)
     penalty = ridge * centred.square().sum() / inputs.shape[1]
     trained_weight = torch.zeros(20, 16, dtype=torch.float64, requires_grad=True)
@@ -72,10 +72,19 @@ def test_closed_form_matches_a_gradient_trained_decoder():
     assert torch.allclose(fitted_bias.double(), trained_bias.detach(), atol=1e-3)
 
 
+@pytest.mark.parametrize("images, features", [(200, 30), (40, 120)], ids=["primal", "dual"])
+def test_training_error_without_prediction_equals_the_predicted_one(images, features):
+    inputs, weight, _ = random_problem(images=images, features=features, outputs=9, seed=3)
+    targets = torch.tanh(inputs @ weight / 20)
+    solution = fit_ridge(inputs, targets, ridge=1e-2)
+    predicted = (inputs @ solution.weight + solution.bias - targets).double().square().sum().item()
+    assert solution.train_squared_error == pytest.approx(predicted, rel=1e-4)
+
+
 def test_ridge_survives_constant_features():
     inputs = torch.zeros(50, 8)
     targets = torch.randn(50, 4)
-    weight, bias = fit_ridge(inputs, targets, ridge=1e-3)
+    weight, bias, _ = fit_ridge(inputs, targets, ridge=1e-3)
     assert torch.all(weight == 0) and torch.allclose(bias, targets.mean(0))
 
 

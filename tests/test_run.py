@@ -16,7 +16,8 @@ from tests.conftest import REPOSITORY
 pytestmark = pytest.mark.slow
 
 QUICK = ["schedule.max_steps=4", "schedule.batch_size=32", "probe.train_size=64", "probe.test_size=48",
-         "probe.classifier_train_size=100", "probe.batch_size=50", "arch.width=0.25", "progress=false",
+         "probe.classifier_train_size=100", "probe.batch_size=50", "probe.calibration_size=50", "probe.layers=null",
+         "arch.width=0.25", "progress=false",
          "paths.system_data_dir=null"]
 VGG8_POINTS = ["block1", "block2", "block3", "block4", "block5", "logits"]
 

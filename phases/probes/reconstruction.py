@@ -8,6 +8,7 @@ decoder (Adam, 20 epochs); `ConvolutionalReconstruction` is the script's alterna
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +17,14 @@ from torch import nn
 from phases.probes.base import Measurement, ProbeData, minibatch_indices, seeded
 
 
-def fit_ridge(features: torch.Tensor, targets: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact affine ridge regression: (weight (features, outputs), bias (outputs,)).
+class RidgeSolution(NamedTuple):
+    weight: torch.Tensor  # (features, outputs)
+    bias: torch.Tensor  # (outputs,)
+    train_squared_error: float  # sum over the training images and outputs, without predicting them
+
+
+def fit_ridge(features: torch.Tensor, targets: torch.Tensor, ridge: float) -> RidgeSolution:
+    """Exact affine ridge regression.
 
     Minimises ||X W + b - Y||^2 + lambda ||W||^2 with lambda = ridge * trace(Xc^T Xc) / features
     (Xc: centred X), so `ridge` is free of the features' scale. Solved in the primal
@@ -25,7 +32,7 @@ def fit_ridge(features: torch.Tensor, targets: torch.Tensor, ridge: float) -> tu
     W = Xc^T (Xc Xc^T + lambda I)^-1 Yc, the same solution at a fraction of the cost.
     """
     feature_mean, target_mean = features.mean(0), targets.mean(0)
-    centred, centred_targets = features - feature_mean, targets - target_mean
+    centred = features - feature_mean
     images, dimension = centred.shape
     primal = dimension <= images
     cholesky = None
@@ -41,12 +48,23 @@ def fit_ridge(features: torch.Tensor, targets: torch.Tensor, ridge: float) -> tu
             break
     else:
         raise torch.linalg.LinAlgError(f"ridge system not positive definite even in float64 (ridge={ridge})")
+    # The training error comes from quantities the solve already has, instead of a prediction pass as
+    # costly as the Gram: primal, ||Yc||^2 - <W, Xc^T Yc> - lambda ||W||^2 (as (G + lambda I) W = Xc^T Yc);
+    # dual, the residual Yc - Xc W equals lambda A with A = (K + lambda I)^-1 Yc.
     if primal:
-        weight = torch.cholesky_solve((centred.T @ centred_targets).double(), cholesky).float()
+        # Xc^T Yc = Xc^T Y, since the columns of Xc sum to zero: no centred copy of the targets.
+        cross = (centred.T @ targets).double()
+        weight = torch.cholesky_solve(cross, cholesky)
+        flat_targets = targets.reshape(-1)
+        target_energy = torch.dot(flat_targets, flat_targets).double() - images * target_mean.double().square().sum()
+        squared_error = target_energy - (weight * cross).sum() - penalty * weight.square().sum()
+        weight = weight.float()
     else:
+        dual_weight = torch.cholesky_solve((targets - target_mean).double(), cholesky)
+        squared_error = penalty**2 * dual_weight.square().sum()
         # The (features x images) @ (images x outputs) product is as large as the Gram: keep it in float32.
-        weight = centred.T @ torch.cholesky_solve(centred_targets.double(), cholesky).float()
-    return weight, target_mean - feature_mean @ weight
+        weight = centred.T @ dual_weight.float()
+    return RidgeSolution(weight, target_mean - feature_mean @ weight, max(squared_error.item(), 0.0))
 
 
 def _mse_measurements(predict, train: ProbeData, test: ProbeData) -> list[Measurement]:
@@ -64,8 +82,12 @@ class ClosedFormReconstruction:
         self.ridge = ridge
 
     def fit_and_score(self, train: ProbeData, test: ProbeData) -> list[Measurement]:
-        weight, bias = fit_ridge(train.features, train.images.flatten(1), self.ridge)
-        return _mse_measurements(lambda features: features @ weight + bias, train, test)
+        targets = train.images.flatten(1)
+        solution = fit_ridge(train.features, targets, self.ridge)
+        with torch.no_grad():
+            test_mse = F.mse_loss(test.features @ solution.weight + solution.bias, test.images.flatten(1)).item()
+        return [Measurement("mse", "train", solution.train_squared_error / targets.numel()),
+                Measurement("mse", "test", test_mse)]
 
 
 def train_decoder(decoder: nn.Module, train: ProbeData, epochs: int, lr: float, weight_decay: float,

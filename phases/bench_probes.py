@@ -1,0 +1,112 @@
+"""Probe-solver benchmark: each default solver against the published recipe, on the same activations.
+
+    python -m phases.bench_probes                  # part of `make bench`
+    python -m phases.bench_probes --steps 512 --train-images 10000
+
+Trains VGG-8 on the real Fashion-MNIST for `--steps` updates (cached under
+<outputs>/bench/), extracts the penultimate layer (block5, 512-d) and an early layer (block3,
+2048-d) once, then fits on those same cached activations: the closed-form ridge decoder against
+the Adam recipe (20 epochs), and the L-BFGS classifier against the SGD recipe (20 epochs). Prints
+seconds, test scores and the speed ratio side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra import compose, initialize_config_dir
+
+from phases.config import CONFIG_DIR
+from phases.data import dataset_info, load_image_splits, seeded_subset
+from phases.features import collect_activations, frozen
+from phases.models import build_model
+from phases.probes import (
+    ClosedFormReconstruction,
+    GradientReconstruction,
+    LBFGSClassifier,
+    ProbeData,
+    SGDClassifier,
+)
+from phases.train import TrainingStep
+
+LAYERS = ("block5", "block3")
+
+
+def trained_vgg8(cfg, splits, steps: int, cache: Path):
+    """VGG-8 after `steps` updates of the run's optimizer; cached, so reruns time only the probes."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.arch, splits.info)
+    if cache.is_file():
+        model.load_state_dict(torch.load(cache, weights_only=True))
+        return model
+    optimizer = hydra.utils.instantiate(cfg.optimizer, params=model.parameters())
+    step = TrainingStep(model, optimizer, torch.device("cpu"))
+    order = torch.randperm(len(splits.train_labels), generator=torch.Generator().manual_seed(cfg.seed))
+    for index in range(steps):
+        batch = order[(index * 128) % (len(order) - 128):][:128]
+        step(splits.train_images[batch], splits.train_labels[batch])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), cache)
+    return model
+
+
+def timed(probe, train: ProbeData, test: ProbeData) -> tuple[float, dict]:
+    started = time.perf_counter()
+    measurements = probe.fit_and_score(train, test)
+    return time.perf_counter() - started, {(m.metric, m.split): m.value for m in measurements}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=512, help="training updates of the benchmarked checkpoint")
+    parser.add_argument("--train-images", type=int, default=10000, help="probe training images")
+    parser.add_argument("--test-images", type=int, default=10000, help="probe test images")
+    parser.add_argument("--outputs", type=Path, default=Path("outputs"))
+    arguments = parser.parse_args()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config")
+    splits = load_image_splits(cfg.dataset, cfg.paths, cfg.seed, torch.device("cpu"))
+    model = trained_vgg8(cfg, splits, arguments.steps,
+                         arguments.outputs / "bench" / f"vgg8-fashion_mnist-{arguments.steps}steps.pt")
+    train_rows = seeded_subset(len(splits.train_labels), arguments.train_images, 0, "bench.train")
+    test_rows = seeded_subset(len(splits.test_labels), arguments.test_images, 0, "bench.test")
+    shapes = model.probe_shapes((dataset_info(cfg.dataset).channels, 32, 32))
+    data = {}
+    with frozen(model, "precise_eval", splits.train_images[train_rows[:2000]], batch_size=256):
+        for split, images, labels in (("train", splits.train_images[train_rows], splits.train_labels[train_rows]),
+                                      ("test", splits.test_images[test_rows], splits.test_labels[test_rows])):
+            features = collect_activations(model, images, list(LAYERS), batch_size=256)
+            data[split] = {layer: ProbeData(features[layer], images, labels, shapes[layer]) for layer in LAYERS}
+
+    recipe = cfg.probe
+    pairs = [
+        ("reconstruction", "mse", ClosedFormReconstruction(recipe.reconstruction.ridge),
+         GradientReconstruction(recipe.reconstruction.epochs, recipe.reconstruction.lr,
+                                recipe.reconstruction.weight_decay, recipe.reconstruction.batch_size, cfg.seed)),
+        ("linear", "accuracy", LBFGSClassifier(recipe.linear.l2, recipe.linear.max_iterations),
+         SGDClassifier(recipe.linear.epochs, recipe.linear.lr, recipe.linear.momentum, recipe.linear.lr_drop_epoch,
+                       recipe.linear.batch_size, cfg.seed)),
+    ]
+    print(f"VGG-8 on Fashion-MNIST after {arguments.steps} steps; {arguments.train_images} train / "
+          f"{arguments.test_images} test images; the same cached activations for both solvers")
+    header = (f"{'probe':<15} {'layer':<7} {'default s':>9} {'recipe s':>9} {'speed-up':>8} "
+              f"{'default test':>12} {'recipe test':>11}  metric")
+    print(header)
+    print("-" * len(header))
+    for probe_name, metric, default, published in pairs:
+        for layer in LAYERS:
+            train, test = data["train"][layer], data["test"][layer]
+            default.fit_and_score(train, test)  # warm-up: the recipe's first of many batches has it too
+            default_seconds, default_scores = timed(default, train, test)
+            recipe_seconds, recipe_scores = timed(published, train, test)
+            print(f"{probe_name:<15} {layer:<7} {default_seconds:>9.2f} {recipe_seconds:>9.2f} "
+                  f"{recipe_seconds / default_seconds:>7.1f}x {default_scores[(metric, 'test')]:>12.4f} "
+                  f"{recipe_scores[(metric, 'test')]:>11.4f}  {metric}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
