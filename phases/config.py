@@ -140,6 +140,12 @@ class ProbeConfig:
     classifier_train_size: int = 5000
     batch_size: int = 256  # images per forward pass when collecting activations (fits CPU caches)
     calibration_size: int = 2000  # precise_eval: probe training images BatchNorm statistics are recomputed on
+    # Average-pool feature maps larger than this side (e.g. 4 -> at most C x 4 x 4) before probing;
+    # null = probe the maps as they are. Pooling changes what is measured: only set it deliberately.
+    spatial_pool: int | None = None
+    # The probed layers' activations of one evaluation step (probe train + test images, float32) may
+    # use at most this much memory; a larger configuration fails before training, saying what to change.
+    max_activation_gb: float = 8.0
     # BatchNorm during extraction: precise_eval (eval mode, statistics recomputed on the probe's train
     # images at the current weights), eval (running statistics as they are) or train (batch statistics
     # in batches of schedule.batch_size: the published script's quirk). See phases/features.py.
@@ -259,6 +265,8 @@ def validate(cfg: DictConfig, probe_points: list[str]) -> None:
     _require(schedule.batch_size >= 1, "schedule.batch_size", schedule.batch_size, "an integer >= 1 (images)")
 
     probe = cfg.probe
+    _check_optional_size("probe.spatial_pool", probe.spatial_pool)
+    _require(probe.max_activation_gb > 0, "probe.max_activation_gb", probe.max_activation_gb, "a positive size in GB")
     for key in ("classifier_train_size", "batch_size", "calibration_size"):
         _require(probe[key] >= 1, f"probe.{key}", probe[key], "an integer >= 1 (images)")
     _check_optional_size("probe.test_size", probe.test_size)

@@ -8,6 +8,7 @@ probe switches datasets, the paired dataset's probe images get one such pass too
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from phases.config import ConfigError
 from phases.data import ImageSplits, seeded_subset, subset_generator
 from phases.device import autocast
-from phases.features import collect_activations, frozen
+from phases.features import collect_activations, frozen, pooled_shape
 from phases.models import ProbedNetwork
 from phases.probes import ProbeData, build_probes
 
@@ -58,6 +60,24 @@ def evaluation_sets(splits: ImageSplits, probe_cfg: DictConfig, seed: int) -> di
     }
 
 
+def check_activation_memory(model: ProbedNetwork, splits: ImageSplits, probe_cfg: DictConfig,
+                            datasets: int = 1) -> float:
+    """GB of activations one evaluation step holds; fails (before any training) above the limit."""
+    sets = evaluation_sets(splits, probe_cfg, seed=0)
+    images = sum(evaluation_set.probe_count for evaluation_set in sets.values()) * datasets
+    shapes = model.probe_shapes(tuple(splits.train_images.shape[1:]))
+    features = sum(math.prod(pooled_shape(shapes[layer], probe_cfg.spatial_pool))
+                   for layer in model.resolve_points(probe_cfg.layers))
+    needed = images * features * 4 / 1e9
+    if needed > probe_cfg.max_activation_gb:
+        raise ConfigError("probe.max_activation_gb", probe_cfg.max_activation_gb,
+                          f"the probed layers need {needed:.1f} GB of activations per evaluation "
+                          f"({features} features x {images} images); probe fewer layers (probe.layers), fewer "
+                          f"images (probe.train_size, probe.test_size), pool feature maps (probe.spatial_pool=4), "
+                          f"or raise the limit")
+    return needed
+
+
 class Evaluator:
     def __init__(self, model: ProbedNetwork, splits: ImageSplits, probe_cfg: DictConfig, seed: int,
                  training_batch_size: int, other_splits: ImageSplits | None = None):
@@ -66,7 +86,9 @@ class Evaluator:
         self.other_sets = evaluation_sets(other_splits, probe_cfg, seed) if other_splits is not None else None
         self.layers = model.resolve_points(probe_cfg.layers)
         self.depths = {**model.probe_depths(), "output": 1.0}
-        self.shapes = model.probe_shapes(tuple(splits.train_images.shape[1:]))
+        self.spatial_pool = probe_cfg.spatial_pool
+        self.shapes = {point: pooled_shape(shape, self.spatial_pool)
+                       for point, shape in model.probe_shapes(tuple(splits.train_images.shape[1:])).items()}
         self.probes = build_probes(probe_cfg, seed, splits.info)
         if any(probe.data_source == "other_dataset" for probe in self.probes) and other_splits is None:
             raise ValueError("a dataset_switch transfer probe needs the paired dataset's splits")
@@ -78,7 +100,7 @@ class Evaluator:
     def _pass(self, split: EvaluationSet) -> Activations:
         probed_images = split.images[: split.probe_count]
         points = list(dict.fromkeys([*self.layers, "logits"]))
-        activations = collect_activations(self.model, probed_images, points, self.batch_size)
+        activations = collect_activations(self.model, probed_images, points, self.batch_size, self.spatial_pool)
         logits = activations["logits"]
         if split.probe_count < len(split.images):
             rest = collect_activations(self.model, split.images[split.probe_count :], ["logits"], self.batch_size)

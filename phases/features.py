@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from phases.models import ProbedNetwork
@@ -58,22 +59,38 @@ def frozen(model: nn.Module, bn_mode: str, calibration_images: torch.Tensor, bat
         model.train(was_training)
 
 
+def pooled_shape(shape: tuple[int, ...], spatial_pool: int | None) -> tuple[int, ...]:
+    """A point's activation shape after `probe.spatial_pool` (feature maps only)."""
+    if spatial_pool is not None and len(shape) == 3 and shape[-1] > spatial_pool:
+        return (shape[0], spatial_pool, spatial_pool)
+    return shape
+
+
 @torch.no_grad()
 def collect_activations(
-    model: ProbedNetwork, images: torch.Tensor, points: list[str], batch_size: int
+    model: ProbedNetwork, images: torch.Tensor, points: list[str], batch_size: int, spatial_pool: int | None = None
 ) -> dict[str, torch.Tensor]:
     """Flattened float32 activations, (images, features) per point, in `images`' order.
 
-    The caller sets the model's mode (see `frozen`). Forward hooks capture
-    every requested point during the same pass, so adding a probe point adds no forward pass.
+    The caller sets the model's mode (see `frozen`). Forward hooks capture every requested point
+    during the same pass, so adding a probe point adds no forward pass. Each point's result is
+    allocated once and filled batch by batch, so memory peaks at the result's size, not twice it.
+    With `spatial_pool`, feature maps larger than spatial_pool x spatial_pool are average-pooled
+    to that size first (only when a probe configuration asks for it: it changes what is measured).
     """
-    outputs: dict[str, list[torch.Tensor]] = {point: [] for point in points}
+    outputs: dict[str, torch.Tensor] = {}
+    start = 0
     handles = []
     for point in points:
         module = model.get_submodule(model.probe_points[point])
 
         def keep(_module, _inputs, output, point=point):
-            outputs[point].append(output.detach().flatten(1).float())
+            if spatial_pool is not None and output.ndim == 4 and output.shape[-1] > spatial_pool:
+                output = F.adaptive_avg_pool2d(output, spatial_pool)
+            output = output.detach().flatten(1)
+            if point not in outputs:
+                outputs[point] = torch.empty(len(images), output.shape[1], device=output.device)
+            outputs[point][start : start + len(output)] = output
 
         handles.append(module.register_forward_hook(keep))
     try:
@@ -82,4 +99,4 @@ def collect_activations(
     finally:
         for handle in handles:
             handle.remove()
-    return {point: torch.cat(chunks) for point, chunks in outputs.items()}
+    return outputs

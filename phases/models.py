@@ -37,13 +37,15 @@ class ProbedNetwork(nn.Sequential):
 
     def selectable_points(self) -> list[str]:
         """What `probe.layers` accepts: the probe points, and `penultimate` as an alias."""
-        return list(self.probe_points) + (["penultimate"] if self.penultimate else [])
+        return [*self.probe_points, "penultimate"]
 
     def resolve_points(self, layers: list[str] | None) -> list[str]:
-        """`probe.layers` as probe point names: null = all, `penultimate` = this arch's penultimate point."""
+        """`probe.layers` as probe point names: null = all, `penultimate` = this arch's penultimate point
+        (skipped in an arch without hidden layers, whose last layer reads the image itself)."""
         if layers is None:
             return list(self.probe_points)
-        return list(dict.fromkeys(self.penultimate if layer == "penultimate" else layer for layer in layers))
+        resolved = (self.penultimate if layer == "penultimate" else layer for layer in layers)
+        return list(dict.fromkeys(layer for layer in resolved if layer is not None))
 
     @torch.no_grad()
     def probe_shapes(self, image_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:

@@ -24,7 +24,7 @@ from phases import store
 from phases.config import ConfigError, dataset_option, optimizer_name, validate
 from phases.data import DataFormatError, DataNotFoundError, ImageSplits, dataset_info, load_image_splits
 from phases.device import place_model, resolve_device
-from phases.evaluation import Evaluator
+from phases.evaluation import Evaluator, check_activation_memory
 from phases.models import build_model
 from phases.probes.transfer import DATASET_SWITCH
 from phases.train import train
@@ -69,6 +69,7 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
         return {"run_id": identifier, "status": "skipped"}
     splits = load_image_splits(cfg.dataset, cfg.paths, cfg.seed, device)
     other_splits = load_switch_dataset(cfg, device)
+    check_activation_memory(model, splits, cfg.probe, datasets=1 if other_splits is None else 2)
     if cfg.schedule.batch_size > len(splits.train_labels):
         raise ConfigError("schedule.batch_size", cfg.schedule.batch_size,
                           f"at most the {len(splits.train_labels)} training images")

@@ -98,6 +98,6 @@ def test_penultimate_names_each_archs_last_features():
         model = build_model(cfg.arch, dataset_info(cfg.dataset))
         validate(cfg, model.selectable_points())
         assert model.resolve_points(cfg.probe.layers) == [point, "logits"]
-    linear = composed("arch=linear", "probe.layers=[penultimate]")
-    with pytest.raises(ConfigError, match="probe.layers='penultimate'"):
-        validate(linear, probe_points(linear))
+    linear = composed("arch=linear")  # no hidden layer: the default [penultimate, logits] probes the logits
+    validate(linear, probe_points(linear))
+    assert build_model(linear.arch, dataset_info(linear.dataset)).resolve_points(linear.probe.layers) == ["logits"]

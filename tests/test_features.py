@@ -54,3 +54,13 @@ def test_eval_modes_do_not_depend_on_batch_composition():
         whole = collect_activations(model, images, ["logits"], batch_size=64)["logits"]
         split = collect_activations(model, images, ["logits"], batch_size=8)["logits"]
     assert torch.allclose(whole, split, atol=1e-5)
+
+
+def test_spatial_pool_averages_feature_maps_only_when_asked():
+    model = trained_a_little().eval()
+    images = torch.randn(5, 1, 32, 32)
+    plain = collect_activations(model, images, ["block1", "block5"], batch_size=2)
+    pooled = collect_activations(model, images, ["block1", "block5"], batch_size=2, spatial_pool=4)
+    expected = torch.nn.functional.adaptive_avg_pool2d(plain["block1"].view(5, 8, 16, 16), 4).flatten(1)
+    assert pooled["block1"].shape == (5, 8 * 4 * 4) and torch.allclose(pooled["block1"], expected, atol=1e-6)
+    assert torch.equal(pooled["block5"], plain["block5"])  # already flat: untouched

@@ -118,6 +118,7 @@ def test_settings_that_do_not_change_results_keep_the_run_id(finished_run, tmp_p
         ("optimizer.lr=fast", "optimizer.lr"),
         ("device=tpu", "device='tpu' is invalid: auto, cpu, cuda or cuda:N"),
         ("probe.bn_mode=batch", "probe.bn_mode='batch' is invalid: precise_eval, eval or train"),
+        ("probe.max_activation_gb=0.001", "per evaluation (3978 features x 112 images); probe fewer layers"),
     ],
 )
 def test_bad_input_exits_non_zero_with_a_message_and_writes_no_run(data_dir, tmp_path, override, message):
