@@ -79,12 +79,9 @@ class ScheduleConfig:
 
 
 @dataclass
-class ReconstructionProbeConfig:
-    solver: str = "closed_form"  # closed_form (the exact ridge optimum) or sgd (the published Adam recipe)
-    # closed_form: ridge penalty relative to the features' scale, lambda = ridge * trace(X^T X) / features,
-    # so the same setting means the same regularisation at step 0 and after activations grew 100-fold.
-    ridge: float = 1.0e-3
-    # sgd: the published recipe, Adam on the per-pixel MSE.
+class AdamRecipeConfig:
+    """The published script's decoder training: Adam on the per-pixel MSE (reconstruction_conv uses it as is)."""
+
     epochs: int = 20
     lr: float = 3.0e-4
     weight_decay: float = 1.0e-5
@@ -92,12 +89,11 @@ class ReconstructionProbeConfig:
 
 
 @dataclass
-class ConvReconstructionProbeConfig:
-    # The published script's convolutional decoder, trained with its Adam recipe.
-    epochs: int = 20
-    lr: float = 3.0e-4
-    weight_decay: float = 1.0e-5
-    batch_size: int = 128
+class ReconstructionProbeConfig(AdamRecipeConfig):
+    solver: str = "closed_form"  # closed_form (the exact ridge optimum) or sgd (the Adam recipe above)
+    # closed_form: ridge penalty relative to the features' scale, lambda = ridge * trace(X^T X) / features,
+    # so the same setting means the same regularisation at step 0 and after activations grew 100-fold.
+    ridge: float = 1.0e-3
 
 
 @dataclass
@@ -153,7 +149,7 @@ class ProbeConfig:
     # The probe plug-ins that run (phases.probes.PROBES), each configured in the node of its name below.
     enabled: list[str] = field(default_factory=lambda: ["reconstruction", "linear", "sample_loss"])
     reconstruction: ReconstructionProbeConfig = field(default_factory=ReconstructionProbeConfig)
-    reconstruction_conv: ConvReconstructionProbeConfig = field(default_factory=ConvReconstructionProbeConfig)
+    reconstruction_conv: AdamRecipeConfig = field(default_factory=AdamRecipeConfig)
     linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     transfer: TransferProbeConfig = field(default_factory=TransferProbeConfig)
     sample_loss: SampleLossProbeConfig = field(default_factory=SampleLossProbeConfig)

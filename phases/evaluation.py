@@ -43,10 +43,16 @@ class Activations:
     probe_data: dict[str, ProbeData]
 
 
+def probe_counts(splits: ImageSplits, probe_cfg: DictConfig) -> tuple[int, int]:
+    """How many train and test images the probes read (probe.train_size/test_size, null = the whole split)."""
+    train_total, test_total = len(splits.train_labels), len(splits.test_labels)
+    return min(probe_cfg.train_size or train_total, train_total), min(probe_cfg.test_size or test_total, test_total)
+
+
 def evaluation_sets(splits: ImageSplits, probe_cfg: DictConfig, seed: int) -> dict[str, EvaluationSet]:
     """Seeded, fixed for the whole run, so every step measures the same images."""
     train_total, test_total = len(splits.train_labels), len(splits.test_labels)
-    probe_train = min(probe_cfg.train_size or train_total, train_total)
+    probe_train, probe_test = probe_counts(splits, probe_cfg)
     train_count = min(train_total, max(probe_cfg.classifier_train_size, probe_train))
     train_indices = seeded_subset(train_total, train_count, seed, "evaluation.train")
     # The whole test split, shuffled, so its first rows are a seeded probe subset.
@@ -55,16 +61,14 @@ def evaluation_sets(splits: ImageSplits, probe_cfg: DictConfig, seed: int) -> di
     train_indices, test_indices = train_indices.to(device), test_indices.to(device)
     return {
         "train": EvaluationSet(splits.train_images[train_indices], splits.train_labels[train_indices], probe_train),
-        "test": EvaluationSet(splits.test_images[test_indices], splits.test_labels[test_indices],
-                              min(probe_cfg.test_size or test_total, test_total)),
+        "test": EvaluationSet(splits.test_images[test_indices], splits.test_labels[test_indices], probe_test),
     }
 
 
 def check_activation_memory(model: ProbedNetwork, splits: ImageSplits, probe_cfg: DictConfig,
                             datasets: int = 1) -> float:
     """GB of activations one evaluation step holds; fails (before any training) above the limit."""
-    sets = evaluation_sets(splits, probe_cfg, seed=0)
-    images = sum(evaluation_set.probe_count for evaluation_set in sets.values()) * datasets
+    images = sum(probe_counts(splits, probe_cfg)) * datasets
     shapes = model.probe_shapes(tuple(splits.train_images.shape[1:]))
     features = sum(math.prod(pooled_shape(shapes[layer], probe_cfg.spatial_pool))
                    for layer in model.resolve_points(probe_cfg.layers))

@@ -196,7 +196,9 @@ def test_the_published_recipe_runs_every_probe_on_the_penultimate_layer(tmp_path
     data_dir = tmp_path / "data"
     write_dataset(data_dir, "fashion_mnist", train=120, test=60)
     write_dataset(data_dir, "mnist", train=120, test=60)
-    result = run_phases("probe=paper", "probe.train_size=100", "probe.test_size=50", "probe.reconstruction.epochs=2",
+    # The quick settings probe every layer: ask for the paper's [penultimate] again.
+    result = run_phases("probe=paper", "probe.layers=[penultimate]", "probe.train_size=100", "probe.test_size=50",
+                        "probe.reconstruction.epochs=2",
                         "probe.reconstruction_conv.epochs=1", "probe.linear.epochs=2", "probe.linear.lr_drop_epoch=1",
                         "probe.transfer.classifier.epochs=2", "schedule.max_steps=2", data_dir=data_dir,
                         outputs=tmp_path / "outputs")
