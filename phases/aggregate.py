@@ -24,7 +24,10 @@ def load_metrics(outputs: Path) -> pd.DataFrame:
     for folder in run_folders(outputs):
         metrics = folder / "metrics.parquet"
         if metrics.is_file():
-            table = pq.read_table(metrics).to_pandas()
+            # Through one open file: a run may replace metrics.parquet at any moment, and pyarrow
+            # given a path can open it twice (footer, then data) and mix two versions.
+            with open(metrics, "rb") as handle:
+                table = pq.read_table(handle).to_pandas()
             table["status"] = read_run_status(folder) or "unknown"
             tables.append(table)
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()

@@ -43,7 +43,7 @@ def reconstruction_figure(run_metrics: pd.DataFrame) -> plt.Figure:
     layers = list(dict.fromkeys(reconstruction["layer"]))
     columns = min(3, len(layers))
     rows = -(-len(layers) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.2 * rows + 0.4), squeeze=False)
     for axis, layer in zip(axes.flat, layers, strict=False):
         curve = reconstruction[reconstruction["layer"] == layer].sort_values("step")
         sns.lineplot(data=curve, x="step", y="value", marker="o", color=RECONSTRUCTION_COLOUR, ax=axis)
@@ -60,7 +60,7 @@ def reconstruction_figure(run_metrics: pd.DataFrame) -> plt.Figure:
         axis.set_visible(False)
     first = run_metrics.iloc[0]
     figure.suptitle(f"Reconstruction loss over training: {first['dataset']}, {first['arch']}, "
-                    f"{first['optimizer']}, seed {first['seed']}  ({first['run_id']})")
+                    f"{first['optimizer']}, seed {first['seed']}\n{first['run_id']}", fontsize=11)
     figure.tight_layout()
     return figure
 

@@ -11,8 +11,12 @@ Results go to <paths.outputs>/runs/<run_id>/ (metrics.parquet, config.yaml, run.
 from __future__ import annotations
 
 import random
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -27,7 +31,7 @@ from phases.device import place_model, resolve_device
 from phases.evaluation import Evaluator, check_activation_memory
 from phases.models import build_model
 from phases.probes.transfer import DATASET_SWITCH
-from phases.train import train
+from phases.train import Interrupted, TrainingState, train
 
 
 def seed_everything(seed: int) -> None:
@@ -74,8 +78,36 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("schedule.batch_size", cfg.schedule.batch_size,
                           f"at most the {len(splits.train_labels)} training images")
 
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.parquet").unlink(missing_ok=True)  # left by an earlier, unfinished attempt
+    with store.run_lock(folder) as locked:
+        if not locked:
+            print(f"run {identifier} is being run by another process right now: skipped ({folder})")
+            return {"run_id": identifier, "status": "locked"}
+        if store.read_run_status(folder) == "done" and not cfg.force:  # finished while we were loading data
+            print(f"run {identifier} is already done: {folder} (add force=true to rerun it)")
+            return {"run_id": identifier, "status": "skipped"}
+        return _train_and_probe(cfg, model, splits, other_splits, device, folder)
+
+
+def _train_and_probe(cfg: DictConfig, model, splits: ImageSplits, other_splits: ImageSplits | None,
+                     device: torch.device, folder: Path) -> dict[str, Any]:
+    """Train and measure in `folder` (locked by the caller), resuming from its checkpoint if it has one."""
+    identifier = folder.name
+    checkpoint_path, metrics_path = folder / "checkpoint.pt", folder / "metrics.parquet"
+    if cfg.force:
+        checkpoint_path.unlink(missing_ok=True)
+    model = place_model(model, device)
+    optimizer = hydra.utils.instantiate(cfg.optimizer, params=model.parameters())
+    rows: list[dict[str, Any]] = []
+    state = None
+    if checkpoint_path.is_file():
+        # Our own file, written atomically: it holds the loop state and the metric rows so far.
+        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        state, rows = checkpoint["state"], checkpoint["rows"]
+        print(f"run {identifier}: resuming from its checkpoint at step {state.step}")
+    else:
+        metrics_path.unlink(missing_ok=True)  # left by an attempt killed before its first checkpoint
     store.write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     record: dict[str, Any] = {
         "run_id": identifier,
@@ -84,45 +116,68 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
         "command": sys.argv,
         "data_source": splits.source,
         "started_at": store.now(),
+        "resumed_from_step": None if state is None else state.step,
         **store.provenance(str(device)),
     }
     store.write_json(folder / "run.json", record)
     started = time.perf_counter()
 
-    model = place_model(model, device)
-    optimizer = hydra.utils.instantiate(cfg.optimizer, params=model.parameters())
     evaluator = Evaluator(model, splits, cfg.probe, cfg.seed, cfg.schedule.batch_size, other_splits)
     identity = {"run_id": identifier, "dataset": cfg.dataset.name, "arch": cfg.arch.name,
                 "optimizer": optimizer_name(cfg), "seed": cfg.seed}
-    rows: list[dict[str, Any]] = []
 
     def evaluate(step: int, epoch: float) -> float:
         measured = evaluator()
         rows.extend({**identity, "step": step, "epoch": epoch, **row} for row in measured)
         # Rewritten whole after every evaluation: a reader sees the steps so far, never a partial file.
-        store.write_metrics(folder / "metrics.parquet", rows)
+        store.write_metrics(metrics_path, rows)
         record["steps_evaluated"] = step
         return next(row["value"] for row in measured
                     if row["probe"] == "classifier" and row["metric"] == "accuracy" and row["split"] == "test")
 
+    def save_checkpoint(training_state: TrainingState) -> None:
+        payload = {"state": training_state, "rows": rows, "model": model.state_dict(),
+                   "optimizer": optimizer.state_dict()}
+        store.write_atomically(checkpoint_path, lambda temporary: torch.save(payload, temporary))
+
     try:
-        times = train(model, optimizer, splits, cfg.schedule, cfg.seed, evaluate, progress=cfg.progress)
+        with stop_on_signals() as stop_requested:
+            state = train(model, optimizer, splits, cfg.schedule, cfg.seed, evaluate, save_checkpoint, state,
+                          stop_requested, progress=cfg.progress)
     except BaseException as error:
-        record.update(status="failed", error=f"{type(error).__name__}: {error}", ended_at=store.now(),
-                      wall_time_s=round(time.perf_counter() - started, 3))
+        interrupted = isinstance(error, Interrupted)
+        record.update(status="interrupted" if interrupted else "failed", error=f"{type(error).__name__}: {error}",
+                      ended_at=store.now(), wall_time_s=round(time.perf_counter() - started, 3))
         store.write_json(folder / "run.json", record)
         raise
     record.update(
         status="done",
         ended_at=store.now(),
         wall_time_s=round(time.perf_counter() - started, 3),
-        training_time_s=round(times.training_seconds, 3),
-        probing_time_s=round(times.evaluation_seconds, 3),
+        # Summed over every attempt when the run was resumed.
+        training_time_s=round(state.times.training_seconds, 3),
+        probing_time_s=round(state.times.evaluation_seconds, 3),
     )
     store.write_json(folder / "run.json", record)
+    checkpoint_path.unlink(missing_ok=True)  # the metrics are final: nothing left to resume
     print(f"run {identifier} done in {record['wall_time_s']:.0f} s (training {record['training_time_s']:.0f} s, "
           f"probing {record['probing_time_s']:.0f} s): {folder}")
     return record
+
+
+@contextmanager
+def stop_on_signals():
+    """While the block runs, SIGTERM (kill, scancel, a local launcher's timeout) asks the training loop
+    to checkpoint and stop at the next step instead of dying mid-step."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield requested.is_set
+        return
+    previous = signal.signal(signal.SIGTERM, lambda _signal, _frame: requested.set())
+    try:
+        yield requested.is_set
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -133,6 +188,9 @@ def main(cfg: DictConfig) -> None:
         # Input errors are the user's to fix: the message says what and how; a traceback would bury it.
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as error:
+        print(f"interrupted: {error}; run the same command again to resume", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

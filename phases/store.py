@@ -6,6 +6,7 @@ is written to a temporary name and renamed into place, so a reader never sees ha
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -13,7 +14,8 @@ import platform
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,25 @@ def write_json(path: Path, content: dict[str, Any]) -> None:
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     table = pa.Table.from_pylist(rows, schema=METRICS_SCHEMA)
     write_atomically(path, lambda temporary: pq.write_table(table, temporary))
+
+
+@contextmanager
+def run_lock(folder: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on a run folder for the block; yields False when another process holds it.
+
+    A lock on an open file (flock) dies with its process, so a killed run never leaves a stale lock.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_run_status(folder: Path) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,24 @@ class TrainingStep:
 LOSS_READ_INTERVAL = 25
 
 
+class Interrupted(Exception):
+    """A stop was requested (e.g. SIGTERM); the state was checkpointed first, so a rerun resumes."""
+
+
+@dataclass
+class TrainingState:
+    """Where the loop stands: with the model and optimizer states, all a resumed run needs to continue
+    exactly as an uninterrupted one would."""
+
+    step: int = 0  # the next step to process
+    evaluated: bool = False  # whether `step`'s scheduled evaluation is already recorded
+    position: int = 0  # images of the current epoch's order already used
+    order: torch.Tensor | None = None  # the current epoch's order of the training images
+    order_generator_state: torch.Tensor | None = None
+    test_accuracy: float = float("nan")  # last measured, for the progress bar
+    times: TrainingTimes = field(default_factory=TrainingTimes)
+
+
 def train(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -57,47 +75,61 @@ def train(
     schedule: DictConfig,
     seed: int,
     evaluate: Callable[[int, float], float | None],
+    save_checkpoint: Callable[[TrainingState], None] = lambda state: None,
+    state: TrainingState | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
     progress: bool = True,
-) -> TrainingTimes:
-    """Run `schedule.max_steps` updates; call `evaluate(step, epoch)` before the update of each
-    scheduled step and after the last update. `evaluate` may return the test accuracy to display."""
+) -> TrainingState:
+    """Run `schedule.max_steps` updates from `state` (or from scratch); call `evaluate(step, epoch)`
+    before the update of each scheduled step and after the last update (it may return the test
+    accuracy to display), and `save_checkpoint(state)` after each evaluation and before stopping."""
     images, labels = splits.train_images, splits.train_labels
     total, batch_size = len(labels), schedule.batch_size
     step_once = TrainingStep(model, optimizer, images.device)
     # The data order has its own generator so it does not depend on how many random numbers
     # model initialisation or the probes consumed.
     order_generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(total, generator=order_generator).to(images.device)
-    position = 0
+    if state is None:
+        state = TrainingState(order=torch.randperm(total, generator=order_generator))
+    else:
+        order_generator.set_state(state.order_generator_state)
+    order = state.order.to(images.device)
     scheduled = set(evaluation_steps(schedule.max_steps))
-    times = TrainingTimes()
-    test_accuracy = float("nan")
     model.train()
-    bar = tqdm(total=schedule.max_steps, disable=not progress, unit="step", dynamic_ncols=True)
-    for step in range(schedule.max_steps + 1):
-        if step in scheduled:
+    bar = tqdm(total=schedule.max_steps, initial=state.step, disable=not progress, unit="step", dynamic_ncols=True)
+    for step in range(state.step, schedule.max_steps + 1):
+        state.step = step
+        if step in scheduled and not state.evaluated:
             started = time.perf_counter()
             displayed = evaluate(step, step * batch_size / total)
-            times.evaluation_seconds += time.perf_counter() - started
-            if displayed is not None:
-                test_accuracy = displayed
+            state.times.evaluation_seconds += time.perf_counter() - started
+            state.test_accuracy = state.test_accuracy if displayed is None else displayed
+            state.evaluated = True
+            state.order_generator_state = order_generator.get_state()
+            save_checkpoint(state)
         if step == schedule.max_steps:
             break
+        if stop_requested():
+            state.order_generator_state = order_generator.get_state()
+            save_checkpoint(state)
+            raise Interrupted(f"stopped before step {step}; checkpoint saved")
         started = time.perf_counter()
-        if position + batch_size > total:  # a new epoch: reshuffle, drop the incomplete last batch
-            order = torch.randperm(total, generator=order_generator).to(images.device)
-            position = 0
-        batch = order[position : position + batch_size]
-        position += batch_size
+        if state.position + batch_size > total:  # a new epoch: reshuffle, drop the incomplete last batch
+            state.order = torch.randperm(total, generator=order_generator)
+            order = state.order.to(images.device)
+            state.position = 0
+        batch = order[state.position : state.position + batch_size]
+        state.position += batch_size
         loss = step_once(images[batch], labels[batch])
         if step % LOSS_READ_INTERVAL == 0 or step + 1 == schedule.max_steps:
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise DivergenceError(f"training loss became {loss_value} at step {step}")
-            bar.set_postfix(loss=f"{loss_value:.3f}", test_accuracy=f"{test_accuracy:.3f}", refresh=False)
+            bar.set_postfix(loss=f"{loss_value:.3f}", test_accuracy=f"{state.test_accuracy:.3f}", refresh=False)
         if step_once.device.type == "cuda" and step + 1 in scheduled:
             torch.cuda.synchronize()  # so the training time excludes nothing queued before an evaluation
-        times.training_seconds += time.perf_counter() - started
+        state.times.training_seconds += time.perf_counter() - started
+        state.evaluated = False
         bar.update(1)
     bar.close()
-    return times
+    return state

@@ -48,7 +48,8 @@ def finished_run(tmp_path_factory):
 def test_run_folder_has_config_provenance_and_metrics(finished_run):
     folder = finished_run["folder"]
     assert folder.name.startswith("fashion_mnist-vgg8-sgd-s0-") and len(folder.name.rsplit("-", 1)[1]) == 8
-    assert sorted(path.name for path in folder.iterdir()) == ["config.yaml", "metrics.parquet", "run.json"]
+    # The checkpoint is gone once the run is done; .lock is the (empty) file runs lock the folder with.
+    assert sorted(path.name for path in folder.iterdir()) == [".lock", "config.yaml", "metrics.parquet", "run.json"]
     record = json.loads((folder / "run.json").read_text())
     assert record["status"] == "done" and record["run_id"] == folder.name
     for key in ("git_commit", "git_dirty", "versions", "host", "device", "started_at", "ended_at",
