@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.installed
 .PHONY: help install data demo test figures bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z%-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 install: $(INSTALLED)  ## create .venv and install the package (editable) with its dev tools
 
@@ -37,6 +37,9 @@ test: install  ## the test suite (end-to-end tests included; about 5 minutes on 
 bench: data  ## speed: our training step vs a bare PyTorch loop; our probe solvers vs the published recipes
 	$(BIN)/python -m phases.bench
 	$(BIN)/python -m phases.bench_probes --outputs $(OUTPUTS)
+
+sweep-%: install  ## run sweeps/<name>.yaml (DRY=1: list its jobs and their status; ARGS="...": more overrides)
+	$(BIN)/python -m phases.sweep sweeps/$*.yaml $(if $(DRY),--dry-run) $(if $(ARGS),-- $(ARGS))
 
 clean:  ## remove the virtual environment and caches (results in $(OUTPUTS) are kept)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -22,6 +22,8 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from phases import store
@@ -180,17 +182,39 @@ def stop_on_signals():
         signal.signal(signal.SIGTERM, previous)
 
 
+def record_failure_before_start(cfg: DictConfig, error: Exception) -> None:
+    """In a sweep, a job whose input is wrong leaves a run.json saying why, so the sweep's summary
+    can report it; nothing else is written for it."""
+    try:
+        folder = store.run_folder(cfg)
+    except Exception:  # noqa: BLE001 - a config too broken to name its run has nowhere to be recorded
+        return
+    if store.read_run_status(folder) in (None, "failed"):
+        store.write_json(folder / "run.json", {"run_id": folder.name, "status": "failed", "ended_at": store.now(),
+                                               "error": f"{type(error).__name__}: {error}"})
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    # In a sweep one job's failure must not stop the others: it is recorded in its run.json and the
+    # sweep goes on (phases.sweep reports it at the end); a single run exits non-zero instead.
+    in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         execute(cfg)
     except (ConfigError, DataNotFoundError, DataFormatError) as error:
         # Input errors are the user's to fix: the message says what and how; a traceback would bury it.
         print(f"error: {error}", file=sys.stderr)
+        if in_sweep:
+            record_failure_before_start(cfg, error)
+            return
         sys.exit(2)
     except Interrupted as error:
         print(f"interrupted: {error}; run the same command again to resume", file=sys.stderr)
         sys.exit(3)
+    except Exception as error:
+        if not in_sweep:
+            raise
+        print(f"error: run failed ({type(error).__name__}: {error}); recorded in its run.json", file=sys.stderr)
 
 
 if __name__ == "__main__":

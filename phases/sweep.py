@@ -1,0 +1,115 @@
+"""Run, or list, the sweep of one experiment file in sweeps/: what `make sweep-<name>` calls.
+
+    python -m phases.sweep sweeps/smoke.yaml             # prints the command it runs, runs it, sums up
+    python -m phases.sweep sweeps/smoke.yaml --dry-run   # every job: run_id and status; runs nothing
+    python -m phases.sweep sweeps/smoke.yaml -- paths.outputs=/scratch/runs   # extra overrides
+
+A sweep file holds `description`, `cost` and `overrides`: Hydra overrides, where `key=a,b` sweeps
+over values, exactly as typed after `python -m phases.run -m`. Jobs already done are skipped by the
+runs themselves; a job that fails does not stop the others; the summary lists done, skipped and
+failed jobs with their reasons and the exit status is non-zero when any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from phases import store
+from phases.config import CONFIG_DIR
+
+
+def load_sweep(path: Path) -> dict:
+    try:
+        sweep = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise SystemExit(f"error: cannot read sweep file {path}: {error}") from error
+    if not isinstance(sweep, dict) or not isinstance(sweep.get("overrides"), list):
+        raise SystemExit(f"error: {path} needs a list `overrides:` of Hydra overrides, e.g. [arch=vgg8,mlp, seed=0,1]")
+    return sweep
+
+
+def job_overrides(overrides: list[str]) -> list[list[str]]:
+    """The cartesian product of the sweep's overrides, as Hydra's basic sweeper forms it."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices = [[f"{override.get_key_element()}={value}" for value in override.sweep_string_iterator()]
+               if override.is_sweep_override() else [override.input_line] for override in parsed]
+    return [list(combination) for combination in itertools.product(*choices)]
+
+
+def job_status(folder: Path) -> tuple[str, str]:
+    """(status, detail) of one job's run folder."""
+    try:
+        record = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError):
+        return "pending", ""
+    status = record.get("status")
+    if status == "done":
+        return "done", ""
+    if status == "failed":
+        return "failed", record.get("error") or ""
+    if (folder / "checkpoint.pt").is_file():
+        return "partly done", f"resumes after step {record.get('steps_evaluated', '?')}"
+    return "pending", f"an earlier attempt stopped ({status})"
+
+
+def list_jobs(overrides: list[str]) -> list[tuple[list[str], Path]]:
+    jobs = []
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        for job in job_overrides(overrides):
+            jobs.append((job, store.run_folder(compose(config_name="config", overrides=job))))
+    return jobs
+
+
+def print_jobs(jobs: list[tuple[list[str], Path]], before: dict[Path, str] | None = None) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for job, folder in jobs:
+        status, detail = job_status(folder)
+        if before is not None and status == "done" and before.get(folder) == "done":
+            status = "skipped (done before)"
+        counts[status] = counts.get(status, 0) + 1
+        print(f"  {status:<21} {folder.name}  {' '.join(job)}" + (f"\n      {detail}" if detail else ""))
+    return counts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep", type=Path, help="a file in sweeps/")
+    parser.add_argument("--dry-run", action="store_true", help="list the jobs and their status, run nothing")
+    own, extra = [*sys.argv[1:]], []
+    if "--" in own:  # what follows `--` are more overrides, for the runs
+        separator = own.index("--")
+        own, extra = own[:separator], own[separator + 1 :]
+    arguments = parser.parse_args(own)
+    sweep = load_sweep(arguments.sweep)
+    overrides = [str(override) for override in sweep["overrides"]] + extra
+    jobs = list_jobs(overrides)
+    print(f"{arguments.sweep.stem}: {sweep.get('description', '').strip()}")
+    if sweep.get("cost"):
+        print(f"cost: {str(sweep['cost']).strip()}")
+    command = [sys.executable, "-m", "phases.run", "-m", *overrides]
+    print(f"{len(jobs)} jobs: python -m phases.run -m {shlex.join(overrides)}")
+    if arguments.dry_run:
+        counts = print_jobs(jobs)
+        print(", ".join(f"{count} {status}" for status, count in sorted(counts.items())))
+        return 0
+    before = {folder: job_status(folder)[0] for _, folder in jobs}
+    returncode = subprocess.run(command, check=False).returncode
+    print(f"summary of {arguments.sweep.stem}:")
+    counts = print_jobs(jobs, before)
+    print(", ".join(f"{count} {status}" for status, count in sorted(counts.items())))
+    unfinished = any(status != "done" and not status.startswith("skipped") for status in counts)
+    return 1 if returncode != 0 or unfinished else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
