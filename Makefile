@@ -31,7 +31,7 @@ demo: data  ## the default run (Fashion-MNIST, VGG-8, 2048 steps), then its figu
 figures: install  ## figures of every run under $(OUTPUTS) into $(OUTPUTS)/figures/
 	$(BIN)/python -m phases.figures --outputs $(OUTPUTS)
 
-test: install  ## the test suite (end-to-end tests included; about 5 minutes on 2 cores)
+test: install  ## the test suite (end-to-end, resume and SLURM tests included; about 10 minutes on 2 cores)
 	$(BIN)/python -m pytest
 
 bench: data  ## speed: our training step vs a bare PyTorch loop; our probe solvers vs the published recipes

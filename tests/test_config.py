@@ -101,3 +101,11 @@ def test_penultimate_names_each_archs_last_features():
     linear = composed("arch=linear")  # no hidden layer: the default [penultimate, logits] probes the logits
     validate(linear, probe_points(linear))
     assert build_model(linear.arch, dataset_info(linear.dataset)).resolve_points(linear.probe.layers) == ["logits"]
+
+
+@pytest.mark.parametrize("launcher, timeout_min", [("local", 4320), ("slurm", 1440)])
+def test_launcher_configs_set_a_realistic_timeout(launcher, timeout_min):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher.timeout_min == timeout_min
+    assert cfg.hydra.launcher._target_.endswith("LocalLauncher" if launcher == "local" else "SlurmLauncher")
