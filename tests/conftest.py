@@ -110,3 +110,21 @@ def real_fashion_mnist() -> Path:
                         "apt-get install dataset-fashion-mnist")
         pytest.skip(f"real Fashion-MNIST not installed in {REAL_FASHION_MNIST}")
     return REAL_FASHION_MNIST
+
+
+@pytest.fixture(scope="session")
+def resume_data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_mnist_like(root / "FashionMNIST" / "raw", train=400, test=200)
+    return root
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(resume_data_dir, tmp_path_factory):
+    """The metrics of the interruptible run (tests/resume_helpers.py) done in one go."""
+    from tests.resume_helpers import metrics, start
+
+    outputs = tmp_path_factory.mktemp("uninterrupted")
+    process = start(resume_data_dir, outputs)
+    assert process.wait(timeout=600) == 0, process.stderr.read()
+    return metrics(outputs)

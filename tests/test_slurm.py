@@ -15,8 +15,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPOSITORY, write_mnist_like
-from tests.test_resume import KEY, SETTINGS, assert_same_metrics, steps_written
+from tests.conftest import REPOSITORY
+from tests.resume_helpers import KEY, SETTINGS, assert_same_metrics, steps_written
 
 pytestmark = pytest.mark.slow
 CLUSTER = REPOSITORY / "tests" / "slurm" / "cluster.sh"
@@ -38,13 +38,6 @@ def slurm(tmp_path_factory):
     subprocess.run(["bash", str(CLUSTER), "stop", str(state)], timeout=60)
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_mnist_like(root / "FashionMNIST" / "raw", train=400, test=200)
-    return root
-
-
 def sweep_on_slurm(data_dir: Path, outputs: Path, *overrides: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "phases.run", "-m", *SETTINGS, f"paths.outputs={outputs}",
@@ -56,7 +49,8 @@ def sweep_on_slurm(data_dir: Path, outputs: Path, *overrides: str) -> subprocess
         stderr=subprocess.PIPE, text=True)
 
 
-def test_a_two_job_sweep_runs_on_slurm(slurm, data_dir, tmp_path):
+def test_a_two_job_sweep_runs_on_slurm(slurm, resume_data_dir, tmp_path):
+    data_dir = resume_data_dir
     outputs = tmp_path / "outputs"
     process = sweep_on_slurm(data_dir, outputs, "seed=0,1", "schedule.max_steps=8")
     assert process.wait(timeout=900) == 0, process.stderr.read()[-3000:]
@@ -68,25 +62,22 @@ def test_a_two_job_sweep_runs_on_slurm(slurm, data_dir, tmp_path):
     assert list((outputs / "sweeps").glob("*/.submitit/*/*_log.out"))  # submitit's SLURM logs
 
 
-def test_a_requeued_job_resumes_to_the_uninterrupted_metrics(slurm, data_dir, tmp_path):
-    reference_outputs = tmp_path / "reference"
-    reference = subprocess.run([sys.executable, "-m", "phases.run", *SETTINGS, f"paths.outputs={reference_outputs}"],
-                               cwd=REPOSITORY, env={**os.environ, "PHASES_DATA_DIR": str(data_dir)},
-                               capture_output=True, text=True, timeout=600)
-    assert reference.returncode == 0, reference.stderr
-
+@pytest.mark.parametrize("interrupt", [["scontrol", "requeue"], ["scancel", "--signal=USR2"]],
+                         ids=["scontrol_requeue", "submitit_preemption_signal"])
+def test_a_requeued_job_resumes_to_the_uninterrupted_metrics(slurm, resume_data_dir, uninterrupted, tmp_path,
+                                                             interrupt):
+    """Requeued by SLURM directly, or through submitit's preemption path (USR2 -> its checkpoint() ->
+    requeue): the job is stopped with SIGTERM, checkpoints, and its next attempt resumes."""
     outputs = tmp_path / "outputs"
-    process = sweep_on_slurm(data_dir, outputs)
+    process = sweep_on_slurm(resume_data_dir, outputs)
     while steps_written(outputs) < 4 and process.poll() is None:
         time.sleep(0.05)
     job = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
     assert job, "no job in the queue while the run was still going"
-    subprocess.run(["scontrol", "requeue", job[0]], check=True)
+    subprocess.run([*interrupt, job[0]], check=True)
     assert process.wait(timeout=900) == 0, process.stderr.read()[-3000:]
     (folder,) = (outputs / "runs").iterdir()
     record = json.loads((folder / "run.json").read_text())
     assert record["status"] == "done" and record["resumed_from_step"] is not None
     resumed = pq.read_table(folder / "metrics.parquet").to_pandas().sort_values(KEY).reset_index(drop=True)
-    (reference_folder,) = (reference_outputs / "runs").iterdir()
-    expected = pq.read_table(reference_folder / "metrics.parquet").to_pandas().sort_values(KEY).reset_index(drop=True)
-    assert_same_metrics(resumed, expected)
+    assert_same_metrics(resumed, uninterrupted)
