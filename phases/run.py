@@ -60,6 +60,13 @@ def load_switch_dataset(cfg: DictConfig, device: torch.device) -> ImageSplits | 
         raise DataNotFoundError(message) from error
 
 
+def already_done(cfg: DictConfig, folder: Path) -> bool:
+    done = store.read_run_status(folder) == "done" and not cfg.force
+    if done:
+        print(f"run {folder.name} is already done: {folder} (add force=true to rerun it)")
+    return done
+
+
 def execute(cfg: DictConfig) -> dict[str, Any]:
     """Run (or skip) one configuration; returns its run.json content."""
     # Everything that can be wrong with the input is checked before any folder is written.
@@ -70,8 +77,7 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     folder = store.run_folder(cfg)
     identifier = folder.name
-    if store.read_run_status(folder) == "done" and not cfg.force:
-        print(f"run {identifier} is already done: {folder} (add force=true to rerun it)")
+    if already_done(cfg, folder):
         return {"run_id": identifier, "status": "skipped"}
     splits = load_image_splits(cfg.dataset, cfg.paths, cfg.seed, device)
     other_splits = load_switch_dataset(cfg, device)
@@ -84,8 +90,7 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
         if not locked:
             print(f"run {identifier} is being run by another process right now: skipped ({folder})")
             return {"run_id": identifier, "status": "locked"}
-        if store.read_run_status(folder) == "done" and not cfg.force:  # finished while we were loading data
-            print(f"run {identifier} is already done: {folder} (add force=true to rerun it)")
+        if already_done(cfg, folder):  # finished by another process while this one loaded the data
             return {"run_id": identifier, "status": "skipped"}
         return _train_and_probe(cfg, model, splits, other_splits, device, folder)
 
