@@ -76,6 +76,9 @@ class AdamConfig(OptimizerConfig):
 class ScheduleConfig:
     max_steps: int = 2048  # optimizer updates; evaluation at 0, every power of two, and max_steps
     batch_size: int = 128  # images per update
+    # Besides after every evaluation, checkpoint when this many minutes passed since the last one, so a
+    # run killed without warning (SIGKILL, a node failure) loses at most that much; 0 = every step.
+    checkpoint_minutes: float = 10.0
 
 
 @dataclass
@@ -259,6 +262,8 @@ def validate(cfg: DictConfig, probe_points: list[str]) -> None:
     schedule = cfg.schedule
     _require(schedule.max_steps >= 1, "schedule.max_steps", schedule.max_steps, "an integer >= 1 (updates)")
     _require(schedule.batch_size >= 1, "schedule.batch_size", schedule.batch_size, "an integer >= 1 (images)")
+    _require(schedule.checkpoint_minutes >= 0, "schedule.checkpoint_minutes", schedule.checkpoint_minutes,
+             "minutes >= 0 (0 = every step)")
 
     probe = cfg.probe
     _check_optional_size("probe.spatial_pool", probe.spatial_pool)

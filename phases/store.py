@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from phases.config import optimizer_name
 
 # Settings that change where or how fast a run happens but never its results: left out of the hash.
-NON_RESULT_KEYS = ("paths", "device", "force", "progress", "probe.batch_size")
+NON_RESULT_KEYS = ("paths", "device", "force", "progress", "probe.batch_size", "schedule.checkpoint_minutes")
 
 # The long ("tidy") metrics table: one row per step, layer, probe, metric and split.
 METRICS_SCHEMA = pa.schema(

@@ -95,6 +95,8 @@ def train(
         order_generator.set_state(state.order_generator_state)
     order = state.order.to(images.device)
     scheduled = set(evaluation_steps(schedule.max_steps))
+    checkpoint_interval = schedule.checkpoint_minutes * 60
+    last_checkpoint = time.monotonic()
     model.train()
     bar = tqdm(total=schedule.max_steps, initial=state.step, disable=not progress, unit="step", dynamic_ncols=True)
     for step in range(state.step, schedule.max_steps + 1):
@@ -107,12 +109,15 @@ def train(
             state.evaluated = True
             state.order_generator_state = order_generator.get_state()
             save_checkpoint(state)
+            last_checkpoint = time.monotonic()
         if step == schedule.max_steps:
             break
-        if stop_requested():
+        if stop_requested() or time.monotonic() - last_checkpoint >= checkpoint_interval:
             state.order_generator_state = order_generator.get_state()
             save_checkpoint(state)
-            raise Interrupted(f"stopped before step {step}; checkpoint saved")
+            last_checkpoint = time.monotonic()
+            if stop_requested():
+                raise Interrupted(f"stopped before step {step}; checkpoint saved")
         started = time.perf_counter()
         if state.position + batch_size > total:  # a new epoch: reshuffle, drop the incomplete last batch
             state.order = torch.randperm(total, generator=order_generator)

@@ -76,3 +76,19 @@ def test_a_second_process_on_a_running_config_skips_it(resume_data_dir, tmp_path
     assert first.wait(timeout=600) == 0
     (folder,) = (outputs / "runs").iterdir()
     assert json.loads((folder / "run.json").read_text())["status"] == "done"
+
+
+def test_a_run_killed_between_evaluations_resumes_from_its_timed_checkpoint(resume_data_dir, tmp_path, uninterrupted):
+    outputs = tmp_path / "outputs"
+    process = start(resume_data_dir, outputs, "schedule.checkpoint_minutes=0")  # a checkpoint every step
+    while steps_written(outputs) < 8 and process.poll() is None:  # evaluated up to step 64
+        time.sleep(0.01)
+    time.sleep(0.3)  # into the updates between step 64 and step 128
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    rerun = start(resume_data_dir, outputs)
+    assert rerun.wait(timeout=600) == 0, rerun.stderr.read()
+    (folder,) = (outputs / "runs").iterdir()
+    record = json.loads((folder / "run.json").read_text())
+    assert record["status"] == "done" and record["resumed_from_step"] > 64
+    assert_same_metrics(metrics(outputs), uninterrupted)
