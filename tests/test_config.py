@@ -109,3 +109,11 @@ def test_launcher_configs_set_a_realistic_timeout(launcher, timeout_min):
         cfg = compose(config_name="config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.launcher.timeout_min == timeout_min
     assert cfg.hydra.launcher._target_.endswith("LocalLauncher" if launcher == "local" else "SlurmLauncher")
+
+
+def test_the_config_knows_every_probe_plug_in():
+    from phases.config import PROBE_NAMES
+    from phases.probes import PROBES
+
+    # phases.config cannot import the probes (they import torch), so it keeps their names: the same ones.
+    assert tuple(PROBES) == PROBE_NAMES
