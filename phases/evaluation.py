@@ -101,12 +101,14 @@ class Evaluator:
         # Batch statistics depend on the batch: extract with the training batch size, as the script does.
         self.batch_size = training_batch_size if self.bn_mode == "train" else probe_cfg.batch_size
 
-    def _pass(self, split: EvaluationSet) -> Activations:
+    def _pass(self, split: EvaluationSet, classifier_images: bool = True) -> Activations:
+        """With `classifier_images`, the logits also cover the set's images beyond the probe images
+        (the classifier's own metrics); the paired dataset of a transfer probe needs only probe images."""
         probed_images = split.images[: split.probe_count]
         points = list(dict.fromkeys([*self.layers, "logits"]))
         activations = collect_activations(self.model, probed_images, points, self.batch_size, self.spatial_pool)
         logits = activations["logits"]
-        if split.probe_count < len(split.images):
+        if classifier_images and split.probe_count < len(split.images):
             rest = collect_activations(self.model, split.images[split.probe_count :], ["logits"], self.batch_size)
             logits = torch.cat([logits, rest["logits"]])
         labels = split.labels[: split.probe_count]
@@ -122,7 +124,8 @@ class Evaluator:
         calibration = self.sets["train"].images[: min(self.sets["train"].probe_count, self.calibration_size)]
         with autocast(calibration.device), frozen(self.model, self.bn_mode, calibration, self.batch_size):
             own = {split: self._pass(evaluation_set) for split, evaluation_set in self.sets.items()}
-            other = ({split: self._pass(evaluation_set) for split, evaluation_set in self.other_sets.items()}
+            other = ({split: self._pass(evaluation_set, classifier_images=False)
+                      for split, evaluation_set in self.other_sets.items()}
                      if self.other_sets is not None else None)
         rows: list[dict[str, Any]] = []
         for split, activations in own.items():

@@ -15,7 +15,7 @@ from dataclasses import replace
 import torch
 
 from phases.probes.base import Measurement, ProbeData
-from phases.probes.classification import classification_measurements
+from phases.probes.classification import class_count, classification_measurements
 
 # fashion_mnist <-> mnist, cifar10 <-> cifar100: the pairs the paper transfers between.
 DATASET_SWITCH = {"fashion_mnist": "mnist", "mnist": "fashion_mnist", "cifar10": "cifar100", "cifar100": "cifar10"}
@@ -64,7 +64,7 @@ class TransferProbe:
         held_out = max(1, round(self.validation_fraction * len(order)))
         order = order.to(train.labels.device)
         validation_rows, fitting_rows = order[:held_out], order[held_out:]
-        classes = int(max(train.labels.max(), test.labels.max()).item()) + 1
+        classes = class_count(train, test)
         predict = self.classifier.fit(train.features[fitting_rows], train.labels[fitting_rows], classes)
         with torch.no_grad():
             parts = (("train", train.features[fitting_rows], train.labels[fitting_rows]),
