@@ -7,7 +7,8 @@ Trains VGG-8 on the real Fashion-MNIST for `--steps` updates (cached under
 <outputs>/bench/), extracts the penultimate layer (block5, 512-d) and an early layer (block3,
 2048-d) once, then fits on those same cached activations: the closed-form ridge decoder against
 the Adam recipe (20 epochs), and the L-BFGS classifier against the SGD recipe (20 epochs). Prints
-seconds, test scores and the speed ratio side by side.
+seconds, test scores and the speed ratio side by side. `--device auto` (the default) runs on CUDA
+when present: activations and solvers on the GPU, as in a run.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import hydra
 import torch
 from hydra import compose, initialize_config_dir
 
+from phases.bench import synchronise
 from phases.config import CONFIG_DIR
 from phases.data import dataset_info, load_image_splits, seeded_subset
+from phases.device import autocast, place_model, resolve_device
 from phases.features import collect_activations, frozen
 from phases.models import build_model
 from phases.probes import (
@@ -36,15 +39,15 @@ from phases.train import TrainingStep
 LAYERS = ("block5", "block3")
 
 
-def trained_vgg8(cfg, splits, steps: int, cache: Path):
+def trained_vgg8(cfg, splits, steps: int, cache: Path, device: torch.device):
     """VGG-8 after `steps` updates of the run's optimizer; cached, so reruns time only the probes."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, splits.info)
+    model = place_model(build_model(cfg.arch, splits.info), device)
     if cache.is_file():
-        model.load_state_dict(torch.load(cache, weights_only=True))
+        model.load_state_dict(torch.load(cache, weights_only=True, map_location=device))
         return model
     optimizer = hydra.utils.instantiate(cfg.optimizer, params=model.parameters())
-    step = TrainingStep(model, optimizer, torch.device("cpu"))
+    step = TrainingStep(model, optimizer, device)
     order = torch.randperm(len(splits.train_labels), generator=torch.Generator().manual_seed(cfg.seed))
     for index in range(steps):
         batch = order[(index * 128) % (len(order) - 128):][:128]
@@ -55,8 +58,10 @@ def trained_vgg8(cfg, splits, steps: int, cache: Path):
 
 
 def timed(probe, train: ProbeData, test: ProbeData) -> tuple[float, dict]:
+    synchronise(train.features.device)
     started = time.perf_counter()
-    measurements = probe.fit_and_score(train, test)
+    measurements = probe.fit_and_score(train, test)  # reading each score back waits for the GPU
+    synchronise(train.features.device)
     return time.perf_counter() - started, {(m.metric, m.split): m.value for m in measurements}
 
 
@@ -66,17 +71,20 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=10000, help="probe training images")
     parser.add_argument("--test-images", type=int, default=10000, help="probe test images")
     parser.add_argument("--outputs", type=Path, default=Path("outputs"))
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     arguments = parser.parse_args()
+    device = resolve_device(arguments.device)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config")
-    splits = load_image_splits(cfg.dataset, cfg.paths, cfg.seed, torch.device("cpu"))
+    splits = load_image_splits(cfg.dataset, cfg.paths, cfg.seed, device)
     model = trained_vgg8(cfg, splits, arguments.steps,
-                         arguments.outputs / "bench" / f"vgg8-fashion_mnist-{arguments.steps}steps.pt")
+                         arguments.outputs / "bench" / f"vgg8-fashion_mnist-{arguments.steps}steps.pt", device)
     train_rows = seeded_subset(len(splits.train_labels), arguments.train_images, 0, "bench.train")
     test_rows = seeded_subset(len(splits.test_labels), arguments.test_images, 0, "bench.test")
     shapes = model.probe_shapes((dataset_info(cfg.dataset).channels, 32, 32))
     data = {}
-    with frozen(model, "precise_eval", splits.train_images[train_rows[:2000]], batch_size=256):
+    train_rows, test_rows = train_rows.to(device), test_rows.to(device)
+    with autocast(device), frozen(model, "precise_eval", splits.train_images[train_rows[:2000]], batch_size=256):
         for split, images, labels in (("train", splits.train_images[train_rows], splits.train_labels[train_rows]),
                                       ("test", splits.test_images[test_rows], splits.test_labels[test_rows])):
             features = collect_activations(model, images, list(LAYERS), batch_size=256)
@@ -91,7 +99,7 @@ def main() -> None:
          SGDClassifier(recipe.linear.epochs, recipe.linear.lr, recipe.linear.momentum, recipe.linear.lr_drop_epoch,
                        recipe.linear.batch_size, cfg.seed)),
     ]
-    print(f"VGG-8 on Fashion-MNIST after {arguments.steps} steps; {arguments.train_images} train / "
+    print(f"VGG-8 on Fashion-MNIST after {arguments.steps} steps, on {device}; {arguments.train_images} train / "
           f"{arguments.test_images} test images; the same cached activations for both solvers")
     header = (f"{'probe':<15} {'layer':<7} {'default s':>9} {'recipe s':>9} {'speed-up':>8} "
               f"{'default test':>12} {'recipe test':>11}  metric")

@@ -15,6 +15,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from phases import launcher
+
+launcher.register()  # before Hydra composes anything: conf/hydra/launcher/local.yaml uses it
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"  # the package is used from a checkout
 
 
@@ -38,6 +42,27 @@ class DatasetConfig:
 
 
 @dataclass
+class PrototypesDatasetConfig(DatasetConfig):
+    """The paper's data model, generated in memory (phases/prototypes.py): no files, nothing to download
+    (except the real dataset a `prototype_source` names, with its own `download` rule)."""
+
+    name: str = "prototypes"
+    # Samples are drawn in normalised units: the normalisation is the identity, one 0/1 per channel.
+    mean: list[float] = field(default_factory=lambda: [0.0])
+    std: list[float] = field(default_factory=lambda: [1.0])
+    train_size: int | None = 5000  # samples drawn for training (required: there is no "whole" generated split)
+    test_size: int | None = 2000  # samples drawn for testing, from the same prototypes with fresh noise
+    classes: int = 10
+    channels: int = 1  # a real prototype_source fixes it (1 for fashion_mnist and mnist, 3 for CIFAR)
+    # random (standard Gaussian pixels, seeded by the run's seed) or a real dataset's name, e.g.
+    # fashion_mnist: its first `classes` class means over the whole training split, normalised.
+    prototype_source: str = "random"
+    noise_std: float = 1.0  # standard deviation of the Gaussian noise added to every pixel, normalised units
+    atypical_fraction: float = 0.05  # share of every class's samples that are atypical, in [0, 1)
+    atypical_kind: str = "other_prototype"  # or random_direction (see phases/prototypes.py)
+
+
+@dataclass
 class ArchConfig:
     name: str = MISSING  # key of the architecture registry in phases.models
     width: float = 1.0  # channel multiplier: 0.25 keeps a quarter of every layer's channels
@@ -47,6 +72,14 @@ class ArchConfig:
 class MLPArchConfig(ArchConfig):
     name: str = "mlp"
     hidden_sizes: list[int] = field(default_factory=lambda: [512, 256])  # units per hidden layer, before width
+
+
+@dataclass
+class LinearArchConfig(ArchConfig):
+    name: str = "linear"
+    # Multiplier on PyTorch's default initial weights (uniform, +-1/sqrt(pixels)); 0 = zero init. The
+    # theory's phases depend on how small the start is compared with what training adds.
+    init_scale: float = 1.0
 
 
 @dataclass
@@ -102,7 +135,7 @@ class ReconstructionProbeConfig(AdamRecipeConfig):
 @dataclass
 class LinearProbeConfig:
     solver: str = "lbfgs"  # lbfgs (full batch on cached activations) or sgd (the published recipe)
-    l2: float = 1.0e-3  # lbfgs: penalty on the squared weights (standardised features), added to the mean loss
+    l2: float = 1.0e-2  # lbfgs: penalty on the squared weights (standardised features), added to the mean loss
     max_iterations: int = 30  # lbfgs: iterations on the full probe training set
     # sgd: the published recipe, SGD with momentum, lr x0.1 after lr_drop_epoch.
     epochs: int = 20
@@ -183,13 +216,19 @@ class RunConfig:
     progress: bool = True  # show the training progress bar
 
 
+# The schemas a conf/dataset/*.yaml file can extend, by the name its defaults list uses.
+DATASET_SCHEMAS = {"dataset_schema": DatasetConfig, "prototypes_schema": PrototypesDatasetConfig}
+
+
 def register_configs() -> None:
     """Store the schemas so that `conf/**.yaml` can extend them (idempotent)."""
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
-    store.store(group="dataset", name="dataset_schema", node=DatasetConfig)
+    for name, schema in DATASET_SCHEMAS.items():
+        store.store(group="dataset", name=name, node=schema)
     store.store(group="arch", name="arch_schema", node=ArchConfig)
     store.store(group="arch", name="mlp_schema", node=MLPArchConfig)
+    store.store(group="arch", name="linear_schema", node=LinearArchConfig)
     store.store(group="optimizer", name="sgd_schema", node=SGDConfig)
     store.store(group="optimizer", name="adam_schema", node=AdamConfig)
     store.store(group="probe", name="probe_schema", node=ProbeConfig)
@@ -200,10 +239,11 @@ register_configs()
 
 
 def dataset_option(name: str) -> DictConfig:
-    """conf/dataset/<name>.yaml on its schema, without composing a whole run (usable inside a Hydra app)."""
+    """conf/dataset/<name>.yaml on the schema its defaults list names, without composing a whole run
+    (usable inside a Hydra app)."""
     option = OmegaConf.load(CONFIG_DIR / "dataset" / f"{name}.yaml")
-    option.pop("defaults", None)
-    return OmegaConf.merge(OmegaConf.structured(DatasetConfig), option)
+    schema = next(DATASET_SCHEMAS[entry] for entry in option.pop("defaults", []) if entry in DATASET_SCHEMAS)
+    return OmegaConf.merge(OmegaConf.structured(schema), option)
 
 
 def optimizer_name(cfg: DictConfig) -> str:
@@ -236,6 +276,23 @@ def _check_classifier(key: str, classifier: DictConfig) -> None:
     _check_recipe(key, classifier)
 
 
+ATYPICAL_KINDS = ("other_prototype", "random_direction")  # phases.prototypes draws them (it imports torch)
+
+
+def _check_prototypes(dataset: DictConfig) -> None:
+    """The generated data model's ranges (its source and shape are checked by phases.data.dataset_info)."""
+    _require(dataset.classes >= 2, "dataset.classes", dataset.classes, "an integer >= 2")
+    for key in ("train_size", "test_size"):
+        _require(dataset[key] is not None and dataset[key] >= dataset.classes, f"dataset.{key}", dataset[key],
+                 f"the number of samples to generate, at least one per class (>= {dataset.classes})")
+    _require(dataset.noise_std >= 0, "dataset.noise_std", dataset.noise_std,
+             "a standard deviation >= 0 (normalised pixel units)")
+    _require(0 <= dataset.atypical_fraction < 1, "dataset.atypical_fraction", dataset.atypical_fraction,
+             "a fraction in [0, 1) of every class's samples")
+    _require(dataset.atypical_kind in ATYPICAL_KINDS, "dataset.atypical_kind", dataset.atypical_kind,
+             " or ".join(ATYPICAL_KINDS))
+
+
 def validate(cfg: DictConfig, probe_points: list[str]) -> None:
     """Fail on the first out-of-range setting; `probe_points` are those the built arch declares."""
     dataset = cfg.dataset
@@ -246,8 +303,13 @@ def validate(cfg: DictConfig, probe_points: list[str]) -> None:
         _require(std > 0, f"dataset.std[{index}]", std, "a positive standard deviation")
     _check_optional_size("dataset.train_size", dataset.train_size)
     _check_optional_size("dataset.test_size", dataset.test_size)
+    if "atypical_fraction" in dataset:
+        _check_prototypes(dataset)
 
     _require(cfg.arch.width > 0, "arch.width", cfg.arch.width, "a positive channel multiplier, e.g. 0.25 or 1")
+    if "init_scale" in cfg.arch:
+        _require(cfg.arch.init_scale >= 0, "arch.init_scale", cfg.arch.init_scale,
+                 "a multiplier >= 0 on the default initial weights (0 = zero init, 1 = PyTorch's default)")
     if "hidden_sizes" in cfg.arch:
         _require(len(cfg.arch.hidden_sizes) > 0 and all(size >= 1 for size in cfg.arch.hidden_sizes),
                  "arch.hidden_sizes", list(cfg.arch.hidden_sizes), "a non-empty list of positive layer sizes")

@@ -5,6 +5,7 @@ torchvision's folder layout under `paths.data_dir` (`<data_dir>/FashionMNIST/raw
 `<data_dir>/cifar-10-batches-py/...`) so an existing torchvision data folder works as is, or, for
 Fashion-MNIST, in the system copy of Debian's dataset package. Nothing is downloaded unless
 `dataset.download=true`, and then through torchvision, which verifies the official checksums.
+Generated datasets (`GENERATED_DATASETS`: the theory's `prototypes`) are drawn in memory instead.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import torch
 from omegaconf import DictConfig
 from torchvision.transforms.v2 import functional as image_functional
 
-from phases.config import ConfigError
+from phases.config import ConfigError, dataset_option
+from phases.prototypes import draw_samples, random_prototypes
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -50,6 +52,9 @@ class ImageSplits:
     test_labels: torch.Tensor
     info: DatasetInfo
     source: str  # the folder the files were read from, for run.json
+    # Generated data models only: which samples are atypical, (N,) bool per split; None for real datasets.
+    train_atypical: torch.Tensor | None = None
+    test_atypical: torch.Tensor | None = None
 
 
 # The IDX type byte -> numpy dtype (multi-byte types are big-endian in the format).
@@ -268,8 +273,11 @@ def _check_split(images: np.ndarray, labels: np.ndarray, files: list[Path], sour
 def dataset_info(dataset_cfg: DictConfig) -> DatasetInfo:
     """What a model needs to know of a dataset, without reading it (so configs are checked first)."""
     name = dataset_cfg.name
+    if name in GENERATED_DATASETS:
+        return GENERATED_DATASETS[name].info(dataset_cfg)
     if name not in DATASETS:
-        raise ConfigError("dataset.name", name, f"known datasets: {', '.join(sorted(DATASETS))}")
+        known = sorted([*DATASETS, *GENERATED_DATASETS])
+        raise ConfigError("dataset.name", name, f"known datasets: {', '.join(known)}")
     source = DATASETS[name]
     if len(dataset_cfg.mean) != source.channels:
         raise ConfigError("dataset.mean", list(dataset_cfg.mean), f"{source.channels} value(s), one per channel")
@@ -280,6 +288,8 @@ def load_image_splits(dataset_cfg: DictConfig, paths: DictConfig, seed: int, dev
     """Find (or, when asked, download) the dataset, and return normalised tensors on `device`."""
     info = dataset_info(dataset_cfg)
     name = dataset_cfg.name
+    if name in GENERATED_DATASETS:
+        return GENERATED_DATASETS[name].generate(dataset_cfg, paths, seed, device)
     source = DATASETS[name]
     files = locate_files(name, paths)
     if files is None and dataset_cfg.download:
@@ -297,3 +307,67 @@ def load_image_splits(dataset_cfg: DictConfig, paths: DictConfig, seed: int, dev
         splits[f"{split}_images"] = _normalise(images[keep], dataset_cfg).to(device)
         splits[f"{split}_labels"] = torch.from_numpy(labels[keep].astype(np.int64)).to(device)
     return ImageSplits(**splits, info=info, source=str(next(iter(files.values())).parent))
+
+
+def prototypes_info(dataset_cfg: DictConfig) -> DatasetInfo:
+    """The prototypes' shape: from the config for random ones, from the real source for its class means."""
+    source_name = dataset_cfg.prototype_source
+    channels, classes = dataset_cfg.channels, dataset_cfg.classes
+    if source_name != "random":
+        if source_name not in DATASETS:
+            raise ConfigError("dataset.prototype_source", source_name,
+                              f"random, or a real dataset whose class means are the prototypes: "
+                              f"{', '.join(sorted(DATASETS))}")
+        source = DATASETS[source_name]
+        if channels != source.channels:
+            raise ConfigError("dataset.channels", channels, f"{source.channels}, the channels of {source_name}")
+        if classes > source.classes:
+            raise ConfigError("dataset.classes", classes, f"at most the {source.classes} classes of {source_name}")
+    for key, identity in (("mean", 0.0), ("std", 1.0)):
+        if list(dataset_cfg[key]) != [identity] * channels:
+            raise ConfigError(f"dataset.{key}", list(dataset_cfg[key]),
+                              f"{[identity] * channels}: prototypes are drawn in normalised units (one per channel)")
+    return DatasetInfo(channels=channels, classes=classes, image_size=dataset_cfg.image_size)
+
+
+def class_means(source_name: str, classes: int, dataset_cfg: DictConfig, paths: DictConfig) -> torch.Tensor:
+    """The first `classes` class means of a real dataset's whole training split, normalised and resized
+    as a run on that dataset sees its images."""
+    source_cfg = dataset_option(source_name)
+    source_cfg.image_size, source_cfg.download = dataset_cfg.image_size, dataset_cfg.download
+    source_cfg.train_size = source_cfg.test_size = None
+    try:
+        splits = load_image_splits(source_cfg, paths, seed=0, device=torch.device("cpu"))
+    except DataNotFoundError as error:
+        raise DataNotFoundError(f"dataset.prototype_source={source_name} needs that dataset: {error}") from error
+    return torch.stack([splits.train_images[splits.train_labels == label].mean(0) for label in range(classes)])
+
+
+def generate_prototypes(dataset_cfg: DictConfig, paths: DictConfig, seed: int, device: torch.device) -> ImageSplits:
+    """The theory's data model (phases/prototypes.py): train and test drawn around the same prototypes,
+    every draw seeded by (seed, purpose), so a seed is one data set and train and test never share noise."""
+    info = prototypes_info(dataset_cfg)
+    source_name = dataset_cfg.prototype_source
+    if source_name == "random":
+        prototypes = random_prototypes(info.classes, (info.channels, info.image_size, info.image_size),
+                                       subset_generator(seed, "prototypes.prototypes"))
+    else:
+        prototypes = class_means(source_name, info.classes, dataset_cfg, paths)
+    splits = {}
+    for split, size in (("train", dataset_cfg.train_size), ("test", dataset_cfg.test_size)):
+        samples = draw_samples(prototypes, size, dataset_cfg.noise_std, dataset_cfg.atypical_fraction,
+                               dataset_cfg.atypical_kind, subset_generator(seed, f"prototypes.{split}"))
+        splits.update({f"{split}_images": samples.images.to(device), f"{split}_labels": samples.labels.to(device),
+                       f"{split}_atypical": samples.atypical.to(device)})
+    return ImageSplits(**splits, info=info, source=f"generated in memory (prototype_source={source_name})")
+
+
+@dataclass(frozen=True)
+class GeneratedSource:
+    """A dataset drawn in memory from its config: no files, so never the data-not-found path."""
+
+    info: Callable[[DictConfig], DatasetInfo]  # checks the config's shape settings, reads nothing
+    generate: Callable[[DictConfig, DictConfig, int, torch.device], ImageSplits]  # (dataset, paths, seed, device)
+
+
+GENERATED_DATASETS: dict[str, GeneratedSource] = {"prototypes": GeneratedSource(prototypes_info, generate_prototypes)}

@@ -8,10 +8,13 @@ from torch import nn
 from phases.config import ConfigError
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` is CUDA when present, else the CPU."""
+def resolve_device(name: str, job_number: int = 0) -> torch.device:
+    """`auto` is CUDA when present, else the CPU. With several GPUs, job `job_number` of a local sweep
+    takes GPU (job_number mod GPUs), so parallel jobs spread over the GPUs (phases/launcher.py)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", job_number % torch.cuda.device_count())
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device", name, "auto or cpu: this machine has no CUDA device")
     return torch.device(name)

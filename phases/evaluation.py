@@ -31,6 +31,7 @@ class EvaluationSet:
     images: torch.Tensor
     labels: torch.Tensor
     probe_count: int
+    atypical: torch.Tensor | None = None  # generated data models only: which samples are the atypical few
 
 
 @dataclass
@@ -60,9 +61,15 @@ def evaluation_sets(splits: ImageSplits, probe_cfg: DictConfig, seed: int) -> di
     device = splits.train_images.device
     train_indices, test_indices = train_indices.to(device), test_indices.to(device)
     return {
-        "train": EvaluationSet(splits.train_images[train_indices], splits.train_labels[train_indices], probe_train),
-        "test": EvaluationSet(splits.test_images[test_indices], splits.test_labels[test_indices], probe_test),
+        "train": EvaluationSet(splits.train_images[train_indices], splits.train_labels[train_indices], probe_train,
+                               _select(splits.train_atypical, train_indices)),
+        "test": EvaluationSet(splits.test_images[test_indices], splits.test_labels[test_indices], probe_test,
+                              _select(splits.test_atypical, test_indices)),
     }
+
+
+def _select(flags: torch.Tensor | None, indices: torch.Tensor) -> torch.Tensor | None:
+    return None if flags is None else flags[indices]
 
 
 def check_activation_memory(model: ProbedNetwork, splits: ImageSplits, probe_cfg: DictConfig,
@@ -112,7 +119,8 @@ class Evaluator:
             rest = collect_activations(self.model, split.images[split.probe_count :], ["logits"], self.batch_size)
             logits = torch.cat([logits, rest["logits"]])
         labels = split.labels[: split.probe_count]
-        probe_data = {layer: ProbeData(activations[layer], probed_images, labels, self.shapes[layer])
+        atypical = None if split.atypical is None else split.atypical[: split.probe_count]
+        probe_data = {layer: ProbeData(activations[layer], probed_images, labels, self.shapes[layer], atypical)
                       for layer in self.layers}
         return Activations(logits, split.labels, probe_data)
 
@@ -136,7 +144,8 @@ class Evaluator:
         for probe in self.probes:
             if probe.scope == "output":
                 inputs = {split: ProbeData(activations.logits, self.sets[split].images, activations.labels,
-                                           (activations.logits.shape[1],)) for split, activations in own.items()}
+                                           (activations.logits.shape[1],), self.sets[split].atypical)
+                          for split, activations in own.items()}
                 rows += [self._row("output", probe.name, measurement.metric, measurement.split, measurement.value)
                          for measurement in probe.fit_and_score(inputs["train"], inputs["test"])]
                 continue

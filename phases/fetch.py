@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from phases.config import CONFIG_DIR
-from phases.data import DATASETS, DataNotFoundError, download, locate_files
+from phases.data import DATASETS, GENERATED_DATASETS, DataNotFoundError, download, locate_files
 
 
 def install_debian_package(package: str) -> bool:
@@ -51,6 +51,12 @@ def main(overrides: list[str]) -> int:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     name = cfg.dataset.name
+    if name in GENERATED_DATASETS:
+        # Drawn in memory at each run; only a real dataset whose class means are the prototypes is read.
+        if cfg.dataset.prototype_source not in DATASETS:
+            print(f"{name}: generated in memory, nothing to fetch")
+            return 0
+        name = cfg.dataset.prototype_source
     if name not in DATASETS:
         print(f"error: dataset.name={name!r} cannot be fetched; known: {', '.join(sorted(DATASETS))}",
               file=sys.stderr)

@@ -208,12 +208,29 @@ def mlp(arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:
     return ProbedNetwork(layers, {**probe_points, "logits": "classifier"}, penultimate=f"hidden{len(probe_points)}")
 
 
+class SoftmaxTap(nn.Module):
+    """Passes the logits through unchanged, so the network's output stays what cross-entropy expects; its
+    child `probabilities` computes softmax(logits) on the side only so that a probe point can hook it."""
+
+    def __init__(self):
+        super().__init__()
+        self.probabilities = nn.Softmax(dim=1)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        self.probabilities(logits)
+        return logits
+
+
 @register("linear")
 def linear(arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:
-    """The network of the paper's theory: flatten, then Linear(pixels, classes) with no bias."""
-    layers = OrderedDict(flatten=nn.Flatten(),
-                         classifier=nn.Linear(info.channels * info.image_size**2, info.classes, bias=False))
-    return ProbedNetwork(layers, {"logits": "classifier"}, penultimate=None)  # its input is the image itself
+    """The network of the paper's theory: flatten, then Linear(pixels, classes) with no bias; PyTorch's
+    default initial weights times arch.init_scale. Probe points: the logits and softmax(logits)."""
+    classifier = nn.Linear(info.channels * info.image_size**2, info.classes, bias=False)
+    with torch.no_grad():
+        classifier.weight.mul_(arch.init_scale)
+    layers = OrderedDict(flatten=nn.Flatten(), classifier=classifier, output=SoftmaxTap())
+    probe_points = {"logits": "classifier", "softmax": "output.probabilities"}
+    return ProbedNetwork(layers, probe_points, penultimate=None)  # its input is the image itself
 
 
 def build_model(arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:

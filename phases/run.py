@@ -67,6 +67,11 @@ def already_done(cfg: DictConfig, folder: Path) -> bool:
     return done
 
 
+def job_number() -> int:
+    """This job's number in a multirun sweep (0 in a single run)."""
+    return HydraConfig.get().job.num if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN else 0
+
+
 def execute(cfg: DictConfig) -> dict[str, Any]:
     """Run (or skip) one configuration; returns its run.json content."""
     # Everything that can be wrong with the input is checked before any folder is written.
@@ -74,7 +79,7 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     model = build_model(cfg.arch, info)
     validate(cfg, model.selectable_points())
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, job_number())
     folder = store.run_folder(cfg)
     identifier = folder.name
     if already_done(cfg, folder):

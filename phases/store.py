@@ -154,6 +154,7 @@ def provenance(device: str) -> dict[str, Any]:
         },
         "host": socket.gethostname(),
         "device": device,
+        "cpu_threads": torch.get_num_threads(),  # timings depend on it (OMP_NUM_THREADS)
     }
 
 

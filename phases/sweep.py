@@ -5,9 +5,12 @@
     python -m phases.sweep sweeps/smoke.yaml -- paths.outputs=/scratch/runs   # extra overrides
 
 A sweep file holds `description`, `cost` and `overrides`: Hydra overrides, where `key=a,b` sweeps
-over values, exactly as typed after `python -m phases.run -m`. Jobs already done are skipped by the
-runs themselves; a job that fails does not stop the others; the summary lists done, skipped and
-failed jobs with their reasons and the exit status is non-zero when any failed.
+over values, exactly as typed after `python -m phases.run -m`. An experiment that one cartesian
+product cannot express (e.g. a generated dataset with its own keys, plus a real one) gives `overrides`
+as a list of such lists: one multirun each, run in order, summed up together. Jobs already done are
+skipped by the runs themselves; a job that fails does not stop the others; the summary lists done,
+skipped and failed jobs with their reasons and the exit status is non-zero when any failed. An optional
+`environment:` mapping is set for the runs, e.g. OMP_NUM_THREADS for networks too small to use threads.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -33,9 +37,19 @@ def load_sweep(path: Path) -> dict:
         sweep = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         raise SystemExit(f"error: cannot read sweep file {path}: {error}") from error
-    if not isinstance(sweep, dict) or not isinstance(sweep.get("overrides"), list):
-        raise SystemExit(f"error: {path} needs a list `overrides:` of Hydra overrides, e.g. [arch=vgg8,mlp, seed=0,1]")
+    if not isinstance(sweep, dict) or not isinstance(sweep.get("overrides"), list) or not sweep["overrides"]:
+        raise SystemExit(f"error: {path} needs a list `overrides:` of Hydra overrides, e.g. [arch=vgg8,mlp, seed=0,1]"
+                         ", or a list of such lists (one multirun each)")
     return sweep
+
+
+def multiruns(overrides: list) -> list[list[str]]:
+    """A sweep file's `overrides` as a list of multiruns: one list of overrides, or several."""
+    nested = [isinstance(item, list) for item in overrides]
+    if any(nested) and not all(nested):
+        raise SystemExit("error: `overrides:` mixes overrides and lists of overrides; use one form or the other")
+    groups = overrides if all(nested) else [overrides]
+    return [[str(override) for override in group] for group in groups]
 
 
 def job_overrides(overrides: list[str]) -> list[list[str]]:
@@ -91,19 +105,27 @@ def main() -> int:
         own, extra = own[:separator], own[separator + 1 :]
     arguments = parser.parse_args(own)
     sweep = load_sweep(arguments.sweep)
-    overrides = [str(override) for override in sweep["overrides"]] + extra
-    jobs = list_jobs(overrides)
+    groups = [group + extra for group in multiruns(sweep["overrides"])]
+    group_jobs = [list_jobs(overrides) for overrides in groups]
+    jobs = [job for each in group_jobs for job in each]
     print(f"{arguments.sweep.stem}: {sweep.get('description', '').strip()}")
     if sweep.get("cost"):
         print(f"cost: {str(sweep['cost']).strip()}")
-    command = [sys.executable, "-m", "phases.run", "-m", *overrides]
-    print(f"{len(jobs)} jobs: python -m phases.run -m {shlex.join(overrides)}")
+    environment = {str(key): str(value) for key, value in (sweep.get("environment") or {}).items()}
+    prefix = "".join(f"{key}={shlex.quote(value)} " for key, value in environment.items())
+    if len(groups) > 1:
+        print(f"{len(jobs)} jobs in {len(groups)} multiruns:")
+    for overrides, each in zip(groups, group_jobs, strict=True):
+        print(f"{len(each)} jobs: {prefix}python -m phases.run -m {shlex.join(overrides)}")
     if arguments.dry_run:
         counts = print_jobs(jobs)
         print(", ".join(f"{count} {status}" for status, count in sorted(counts.items())))
         return 0
     before = {folder: job_status(folder)[0] for _, folder in jobs}
-    returncode = subprocess.run(command, check=False).returncode
+    returncode = 0
+    for overrides in groups:  # in order; a failed multirun does not stop the next one
+        command = [sys.executable, "-m", "phases.run", "-m", *overrides]
+        returncode = subprocess.run(command, env={**os.environ, **environment}, check=False).returncode or returncode
     print(f"summary of {arguments.sweep.stem}:")
     counts = print_jobs(jobs, before)
     print(", ".join(f"{count} {status}" for status, count in sorted(counts.items())))

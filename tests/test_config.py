@@ -117,3 +117,29 @@ def test_the_config_knows_every_probe_plug_in():
 
     # phases.config cannot import the probes (they import torch), so it keeps their names: the same ones.
     assert tuple(PROBES) == PROBE_NAMES
+
+
+def test_local_launcher_runs_one_job_per_gpu_and_spreads_jobs_over_the_gpus(monkeypatch):
+    import torch
+
+    from hydra_plugins.phases_launcher import LocalLauncher
+    from phases.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=local"], return_hydra_config=True)
+    assert cfg.hydra.launcher.max_parallel_jobs == 4 and cfg.hydra.launcher.gpus_per_node == 4
+    assert [resolve_device("auto", job).index for job in range(6)] == [0, 1, 2, 3, 0, 1]
+    assert resolve_device("cpu", 3) == torch.device("cpu")
+
+    # The launcher hands the plugin the jobs in chunks of max_parallel_jobs, numbered on.
+    launched = []
+    plugin_launcher = LocalLauncher.__mro__[1]
+    monkeypatch.setattr(plugin_launcher, "launch",
+                        lambda self, jobs, first: launched.append((list(jobs), first)) or [f"ran {first}"])
+    launcher = LocalLauncher(max_parallel_jobs=2, submitit_folder="unused")
+    assert launcher.launch([["seed=0"], ["seed=1"], ["seed=2"]], initial_job_idx=10) == ["ran 10", "ran 12"]
+    assert launched == [([["seed=0"], ["seed=1"]], 10), ([["seed=2"]], 12)]
+    with pytest.raises(ValueError, match="max_parallel_jobs=0"):
+        LocalLauncher(max_parallel_jobs=0, submitit_folder="unused")

@@ -7,7 +7,16 @@ import torch
 from omegaconf import OmegaConf
 
 from phases import data
-from phases.data import DATASETS, DataFormatError, DataNotFoundError, dataset_info, load_image_splits, read_idx
+from phases.config import ConfigError
+from phases.data import (
+    DATASETS,
+    GENERATED_DATASETS,
+    DataFormatError,
+    DataNotFoundError,
+    dataset_info,
+    load_image_splits,
+    read_idx,
+)
 from tests.conftest import CONFIG_DIR, DATASET_FOLDERS, write_dataset, write_idx, write_mnist_like
 
 FASHION = OmegaConf.create({"name": "fashion_mnist", "image_size": 32, "mean": [0.281], "std": [0.352],
@@ -122,7 +131,13 @@ def dataset_config(name: str, **changes):
 
 
 def test_every_registered_dataset_has_a_config():
-    assert sorted(DATASETS) == sorted(path.stem for path in (CONFIG_DIR / "dataset").glob("*.yaml"))
+    registered = [*DATASETS, *GENERATED_DATASETS]
+    assert sorted(registered) == sorted(path.stem for path in (CONFIG_DIR / "dataset").glob("*.yaml"))
+
+
+def test_unknown_dataset_lists_the_read_and_the_generated_ones():
+    with pytest.raises(ConfigError, match="known datasets: cifar10, cifar100, fashion_mnist, mnist, prototypes"):
+        dataset_info(OmegaConf.create({"name": "imagenet", "mean": [0.5]}))
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))

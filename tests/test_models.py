@@ -52,6 +52,8 @@ PROBE_SHAPES = {
     "mlp": {"hidden1": (512,), "hidden2": (256,)},
     "linear": {},
 }
+# Points computed from the logits (None: one value per class).
+AFTER_LOGITS = {"linear": {"softmax": None}}
 DATASET_INFO = {"mnist": DatasetInfo(1, 10, 32), "fashion_mnist": DatasetInfo(1, 10, 32),
                 "cifar10": DatasetInfo(3, 10, 32), "cifar100": DatasetInfo(3, 100, 32)}
 
@@ -72,7 +74,8 @@ def test_every_arch_on_every_dataset_trains_and_exposes_its_probe_points(name, d
     images, labels = torch.randn(2, info.channels, 32, 32), torch.tensor([0, info.classes - 1])
     torch.nn.functional.cross_entropy(model(images), labels).backward()
     assert all(parameter.grad is not None for parameter in model.parameters())
-    expected = {**PROBE_SHAPES[name], "logits": (info.classes,)}
+    expected = {**PROBE_SHAPES[name], "logits": (info.classes,), **AFTER_LOGITS.get(name, {})}
+    expected = {point: shape or (info.classes,) for point, shape in expected.items()}
     assert list(model.probe_points) == list(expected)
     activations = collect_activations(model.eval(), images, list(model.probe_points), batch_size=2)
     for point, shape in expected.items():
@@ -98,7 +101,7 @@ def test_linear_is_the_theory_network():
     model = build_model(arch_config("linear"), DATASET_INFO["fashion_mnist"])
     (layer,) = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
     assert layer.bias is None and (layer.in_features, layer.out_features) == (1024, 10)
-    assert list(model.probe_points) == ["logits"]
+    assert list(model.probe_points) == ["logits", "softmax"]
 
 
 def test_resnet_is_built_from_torchvision_basic_blocks():

@@ -18,6 +18,7 @@ from phases.probes import (
     TransferProbe,
     fit_ridge,
 )
+from phases.probes.reconstruction import symmetric_gram
 from phases.probes.transfer import colour_dominance_labels, quadrant_dominance_labels
 
 
@@ -34,6 +35,13 @@ def test_closed_form_decoder_recovers_a_known_linear_map():
     fitted_weight, fitted_bias, _ = fit_ridge(inputs, inputs @ weight + bias, ridge=1e-8)
     assert torch.allclose(fitted_weight, weight, atol=1e-3)
     assert torch.allclose(fitted_bias, bias, atol=1e-3)
+
+
+@pytest.mark.parametrize("columns", [1, 3, 7, 64])
+def test_blockwise_gram_equals_the_full_product(columns):
+    matrix = torch.randn(50, columns, generator=torch.Generator().manual_seed(columns))
+    assert torch.allclose(symmetric_gram(matrix), matrix.T @ matrix, atol=1e-4)
+    assert torch.allclose(symmetric_gram(matrix.T), matrix @ matrix.T, atol=1e-4)  # the dual's, from a view
 
 
 def test_dual_form_equals_primal_form_when_features_outnumber_images():

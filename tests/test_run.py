@@ -161,7 +161,8 @@ def test_figures_without_runs_say_how_to_make_some(tmp_path):
     assert not (tmp_path / "figures").exists()
 
 
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=submitit_local"]], ids=["basic", "submitit_local"])
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=local", "hydra.launcher.max_parallel_jobs=2"]],
+                         ids=["basic", "local_processes"])
 def test_the_users_sweep_command_runs_every_combination(tmp_path, launcher):
     """`python -m phases.run -m arch=resnet18,vgg11 dataset=cifar10,mnist`, shrunk to seconds."""
     from tests.conftest import write_dataset
@@ -186,6 +187,11 @@ def test_the_users_sweep_command_runs_every_combination(tmp_path, launcher):
         assert json.loads((folder / "run.json").read_text())["status"] == "done"
         frame = pq.read_table(folder / "metrics.parquet").to_pandas()
         assert sorted(frame["step"].unique()) == evaluation_steps(16)
+    if launcher:  # never more than max_parallel_jobs runs at once (times in whole seconds)
+        records = [json.loads((folder / "run.json").read_text()) for folder in folders]
+        for record in records:
+            running = [other for other in records if other["started_at"] <= record["started_at"] < other["ended_at"]]
+            assert len(running) <= 2, [(other["started_at"], other["ended_at"]) for other in records]
     # Hydra's sweep folder (submitit's logs) lives under paths.outputs, nothing in the working directory.
     assert (outputs / "sweeps").is_dir() and sorted(path.name for path in tmp_path.iterdir()) == ["data", "outputs"]
 

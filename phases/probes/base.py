@@ -16,6 +16,9 @@ class ProbeData:
     images: torch.Tensor  # (images, channels, height, width) the normalised input images: decoders' target
     labels: torch.Tensor  # (images,) class labels of the task the network is trained on
     feature_shape: tuple[int, ...]  # one image's activation before flattening, e.g. (64, 8, 8) or (512,)
+    # (images,) bool, True for the atypical samples of a generated data model (dataset=prototypes), so a
+    # probe can measure the majority and the few apart; None for real datasets.
+    atypical: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
