@@ -1,48 +1,166 @@
 """Every run's metrics in one tidy table (no torch: the analysis side only reads files).
 
-    python -m phases.aggregate --outputs outputs     # prints a summary of the runs found
+    python -m phases.aggregate --outputs outputs     # prints the runs found, writes <outputs>/tables/
+
+Reads `<outputs>/runs/*/metrics.parquet`, checks each file's schema against the one runs write,
+attaches each run's status, sweep and settings (from run.json and config.yaml) and writes
+`tables/metrics.parquet` (the finished runs' rows) and `tables/runs.csv` (every run, its status and
+why it is left out). Runs that failed, are unfinished or unreadable are listed, never mixed in.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
+import yaml
 
-from phases.store import read_run_status
+from phases import store
+
+# Settings that never tell two experiments apart (the seed is what seeds aggregate over; the rest is
+# where or how fast a run happened, or a name repeated in the metrics' own columns).
+NOT_SETTINGS = ("seed", "dataset.name", "arch.name", *store.NON_RESULT_KEYS)
+NO_SWEEP = "single runs"  # runs started by `python -m phases.run` / `make demo`, not by `make sweep-<name>`
+
+
+@dataclass
+class Runs:
+    metrics: pd.DataFrame  # rows of finished runs, with `sweep` and one column per setting that varies
+    runs: pd.DataFrame  # one row per run folder: run_id, sweep, status, reason, wall times
+    settings: dict[str, list[str]]  # per sweep: the setting columns that vary between its runs
 
 
 def run_folders(outputs: Path) -> list[Path]:
     return sorted(path for path in (outputs / "runs").glob("*") if path.is_dir())
 
 
-def load_metrics(outputs: Path) -> pd.DataFrame:
-    """All runs' metrics rows, with each run's `status` from its run.json; empty when there are none."""
-    tables = []
+def flatten(node: dict, prefix: str = "") -> dict[str, object]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists become their text, so they can be compared and grouped."""
+    flat: dict[str, object] = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value) if isinstance(value, list) else value
+    return flat
+
+
+def is_setting(key: str) -> bool:
+    return not key.endswith("_target_") and not any(key == skip or key.startswith(f"{skip}.") for skip in NOT_SETTINGS)
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    """One run's metrics, after checking the file has exactly the schema runs write."""
+    # Through one open file: a run may replace metrics.parquet at any moment, and pyarrow given a path
+    # can open it twice (footer, then data) and mix two versions.
+    with open(path, "rb") as handle:
+        table = pq.read_table(handle)
+    if not table.schema.equals(store.METRICS_SCHEMA):
+        expected = ", ".join(f"{field.name}: {field.type}" for field in store.METRICS_SCHEMA)
+        found = ", ".join(f"{field.name}: {field.type}" for field in table.schema)
+        raise ValueError(f"{path} has columns ({found}); runs write ({expected})")
+    return table.to_pandas()
+
+
+def inspect_run(folder: Path) -> tuple[dict, pd.DataFrame | None, dict]:
+    """(the run's row for runs.csv, its metrics if it is finished and readable, its flat settings)."""
+    try:
+        record = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError) as error:
+        record = {"status": "unreadable", "error": f"run.json: {error}"}
+    row = {"run_id": folder.name, "sweep": record.get("sweep") or NO_SWEEP, "status": record.get("status", "unknown"),
+           "reason": record.get("error"), "started_at": record.get("started_at"), "ended_at": record.get("ended_at"),
+           "training_time_s": record.get("training_time_s"), "probing_time_s": record.get("probing_time_s")}
+    if row["status"] != "done":
+        row["reason"] = row["reason"] or ("running or interrupted: rerun its command to resume"
+                                          if row["status"] == "running" else None)
+        return row, None, {}
+    try:
+        metrics = read_metrics(folder / "metrics.parquet")
+        settings = flatten(yaml.safe_load((folder / "config.yaml").read_text()) or {})
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        row.update(status="invalid", reason=str(error))
+        return row, None, {}
+    return row, metrics, {key: value for key, value in settings.items() if is_setting(key)}
+
+
+def load_runs(outputs: Path) -> Runs:
+    rows, tables, settings_of = [], [], {}
     for folder in run_folders(outputs):
-        metrics = folder / "metrics.parquet"
-        if metrics.is_file():
-            # Through one open file: a run may replace metrics.parquet at any moment, and pyarrow
-            # given a path can open it twice (footer, then data) and mix two versions.
-            with open(metrics, "rb") as handle:
-                table = pq.read_table(handle).to_pandas()
-            table["status"] = read_run_status(folder) or "unknown"
-            tables.append(table)
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        row, metrics, settings = inspect_run(folder)
+        rows.append(row)
+        if metrics is not None:
+            metrics["sweep"] = row["sweep"]
+            tables.append(metrics)
+            settings_of[folder.name] = settings
+    runs = pd.DataFrame(rows, columns=["run_id", "sweep", "status", "reason", "started_at", "ended_at",
+                                       "training_time_s", "probing_time_s"])
+    if not tables:
+        return Runs(pd.DataFrame(), runs, {})
+    metrics = pd.concat(tables, ignore_index=True)
+    # A setting becomes a column when it differs between runs of one sweep on the same dataset and arch
+    # (e.g. dataset.atypical_fraction): settings that differ only because the dataset or arch does
+    # (dataset.mean, ...) would repeat what those columns say.
+    settings_frame = pd.DataFrame.from_dict(settings_of, orient="index")
+    cells = metrics.groupby("run_id")[["sweep", "dataset", "arch"]].first()
+    varying: dict[str, list[str]] = {}
+    for sweep, sweep_cells in cells.groupby("sweep"):
+        keys: set[str] = set()
+        for _, cell in sweep_cells.groupby(["dataset", "arch"]):
+            frame = settings_frame.loc[cell.index].astype(str)
+            keys |= {key for key in frame.columns if frame[key].nunique() > 1}
+        varying[sweep] = sorted(keys)
+    for key in sorted({key for keys in varying.values() for key in keys}):
+        metrics[key] = metrics["run_id"].map(settings_frame[key])
+    return Runs(metrics, runs, varying)
+
+
+def load_metrics(outputs: Path) -> pd.DataFrame:
+    """The finished runs' metrics rows (empty when there are none)."""
+    return load_runs(outputs).metrics
+
+
+def write_tables(runs: Runs, outputs: Path) -> list[Path]:
+    folder = outputs / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / "runs.csv"]
+    store.write_atomically(written[0], lambda temporary: runs.runs.to_csv(temporary, index=False))
+    if not runs.metrics.empty:
+        written.append(folder / "metrics.parquet")
+        frame = runs.metrics.astype({key: str for keys in runs.settings.values() for key in keys})
+        store.write_atomically(written[1], lambda temporary: frame.to_parquet(temporary, index=False))
+    return written
+
+
+def summary(runs: Runs) -> str:
+    """Runs per sweep and status, then every run left out and why."""
+    if runs.runs.empty:
+        return "no runs"
+    lines = [runs.runs.groupby(["sweep", "status"]).size().rename("runs").to_string()]
+    left_out = runs.runs[runs.runs["status"] != "done"]
+    if not left_out.empty:
+        lines.append(f"{len(left_out)} run(s) left out of figures and tables:")
+        lines += [f"  {row.run_id} ({row.sweep}): {row.status}" + (f": {row.reason}" if row.reason else "")
+                  for row in left_out.itertuples()]
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--outputs", type=Path, default=Path("outputs"), help="paths.outputs of the runs")
     arguments = parser.parse_args()
-    metrics = load_metrics(arguments.outputs)
-    if metrics.empty:
-        print(f"no runs with metrics under {arguments.outputs / 'runs'}")
+    runs = load_runs(arguments.outputs)
+    if runs.runs.empty:
+        print(f"no runs under {arguments.outputs / 'runs'}: make some with `make demo` or `make sweep-smoke`")
         return
-    summary = metrics.groupby(["run_id", "status"]).agg(rows=("value", "size"), last_step=("step", "max"))
-    print(summary.to_string())
+    print(summary(runs))
+    for path in write_tables(runs, arguments.outputs):
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

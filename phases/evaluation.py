@@ -22,6 +22,7 @@ from phases.device import autocast
 from phases.features import collect_activations, frozen, pooled_shape
 from phases.models import ProbedNetwork
 from phases.probes import ProbeData, build_probes
+from phases.train import DivergenceError
 
 
 @dataclass
@@ -135,6 +136,13 @@ class Evaluator:
             other = ({split: self._pass(evaluation_set, classifier_images=False)
                       for split, evaluation_set in self.other_sets.items()}
                      if self.other_sets is not None else None)
+        for split, activations in own.items():
+            for layer, data in activations.probe_data.items():
+                # Diverged weights can give inf activations before the training loss is read as NaN:
+                # say so, instead of a probe's solver failing on them.
+                if not torch.isfinite(data.features).all():
+                    raise DivergenceError(f"activations of {layer} on {split} images are not finite: the network "
+                                          "diverged (e.g. optimizer.lr too large)")
         rows: list[dict[str, Any]] = []
         for split, activations in own.items():
             rows.append(self._row("output", "classifier", "accuracy", split,

@@ -1,102 +1,287 @@
-"""Figures from the runs' metrics (no torch: the analysis side only reads files).
+"""The paper's figures from the finished runs' metrics (no torch: the analysis side only reads files).
 
-    python -m phases.figures --outputs outputs     # what `make figures` runs
+    python -m phases.figures --outputs outputs     # what `make figures` runs: figures, tables, report
 
-Per run: reconstruction MSE (test) against training step, one panel per probe point, with the
-classifier's test accuracy on a second axis and the MSE minimum marked. PNG and PDF in
-<outputs>/figures/.
+Each function of FIGURES draws one figure from one sweep's metrics, seeds aggregated (mean line, band
+of one standard deviation), or returns None when those runs did not measure what it needs. An
+experiment is a dataset, an arch and the settings that vary within the sweep (phases.aggregate).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+from collections.abc import Callable
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on clusters or in CI
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from phases.aggregate import load_metrics  # noqa: E402
+from phases.phase_detection import detect_phases  # noqa: E402
+from phases.tables import classifier_accuracy, reconstruction_curves, seed_spread  # noqa: E402
 
-RECONSTRUCTION_COLOUR = "tab:blue"
-ACCURACY_COLOUR = "tab:orange"
+RL_LABEL = "reconstruction loss\n(test MSE per pixel)"
+ACCURACY_COLOUR, PHASE_ONE_COLOUR, MINIMUM_COLOUR = "tab:orange", "tab:green", "black"
+PANEL_WIDTH, PANEL_HEIGHT = 4.2, 2.9  # inches
 
 
-def _log2_step_axis(axis: plt.Axes, last_step: int) -> None:
+def style() -> None:
+    sns.set_theme(style="whitegrid", context="paper", palette="colorblind", font_scale=1.05)
+
+
+def step_axis(axis: plt.Axes, last_step: int) -> None:
     # Step 0 (the untrained network) has to stay on a log axis: linear between 0 and 1, log2 beyond.
     axis.set_xscale("symlog", base=2, linthresh=1)
     exponents = range(0, int(last_step).bit_length())
     every = max(1, -(-len(exponents) // 6))  # at most about 7 labelled ticks
     ticks = [0] + [2**exponent for exponent in exponents[::every]]
     axis.set_xticks(ticks, [f"{tick // 1024}k" if tick >= 1024 else str(tick) for tick in ticks])
+    axis.set_xlim(-0.2, last_step * 1.25)  # symlog autoscaling leaves a wide empty margin left of step 0
     axis.set_xlabel("training step (log2 scale)")
 
 
-def reconstruction_figure(run_metrics: pd.DataFrame) -> plt.Figure:
-    """One run: reconstruction MSE per probe point against step, test accuracy on a twin axis."""
-    reconstruction = run_metrics.query("probe == 'reconstruction' and metric == 'mse' and split == 'test'")
-    accuracy = run_metrics.query("probe == 'classifier' and metric == 'accuracy' and split == 'test'")
-    layers = list(dict.fromkeys(reconstruction["layer"]))
-    columns = min(3, len(layers))
-    rows = -(-len(layers) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.2 * rows + 0.4), squeeze=False)
-    for axis, layer in zip(axes.flat, layers, strict=False):
-        curve = reconstruction[reconstruction["layer"] == layer].sort_values("step")
-        sns.lineplot(data=curve, x="step", y="value", marker="o", color=RECONSTRUCTION_COLOUR, ax=axis)
-        minimum = curve.loc[curve["value"].idxmin()]
-        axis.scatter([minimum["step"]], [minimum["value"]], s=90, facecolors="none", edgecolors="black", zorder=5)
-        axis.set_title(f"{layer}  (circle: minimum, step {int(minimum['step'])})", fontsize=10)
-        axis.set_ylabel("reconstruction MSE per pixel (test)", color=RECONSTRUCTION_COLOUR)
-        _log2_step_axis(axis, curve["step"].max())
-        accuracy_axis = axis.twinx()
-        accuracy_axis.plot(accuracy["step"], accuracy["value"], color=ACCURACY_COLOUR, linestyle="--")
-        accuracy_axis.set_ylabel("classifier test accuracy", color=ACCURACY_COLOUR)
-        accuracy_axis.set_ylim(0, 1)
-    for axis in list(axes.flat)[len(layers):]:
+def experiments(metrics: pd.DataFrame, keys: list[str]) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) per experiment, in a stable order."""
+    groups = metrics.groupby(keys, dropna=False, sort=True)
+    return [(", ".join(f"{value}" if key in ("dataset", "arch") else f"{key.split('.')[-1]} {value}"
+                       for key, value in zip(keys, values, strict=True) if not pd.isna(value)), rows)
+            for values, rows in groups]
+
+
+def layers_by_depth(rows: pd.DataFrame) -> list[str]:
+    return rows.groupby("layer")["depth"].first().sort_values(kind="stable").index.tolist()
+
+
+def grid(rows: int, columns: int) -> tuple[plt.Figure, np.ndarray]:
+    width = max(PANEL_WIDTH * columns, 6.4)  # one panel alone still has room for its title
+    return plt.subplots(rows, columns, figsize=(width, PANEL_HEIGHT * rows + 0.6), squeeze=False)
+
+
+def finish(figure: plt.Figure, axes: np.ndarray, used: int, title: str) -> plt.Figure:
+    for axis in list(axes.flat)[used:]:
         axis.set_visible(False)
-    first = run_metrics.iloc[0]
-    figure.suptitle(f"Reconstruction loss over training: {first['dataset']}, {first['arch']}, "
-                    f"{first['optimizer']}, seed {first['seed']}\n{first['run_id']}", fontsize=11)
+    figure.suptitle(title, fontsize=11)
     figure.tight_layout()
     return figure
 
 
-def draw_all(outputs: Path) -> list[Path]:
-    """Every run's figure as PNG and PDF; returns the PNG paths."""
-    metrics = load_metrics(outputs)
-    if metrics.empty:
-        return []
-    sns.set_theme(style="whitegrid", context="notebook")
-    folder = outputs / "figures"
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for run, run_metrics in metrics.groupby("run_id"):
-        if not (run_metrics["probe"] == "reconstruction").any():
-            continue
-        figure = reconstruction_figure(run_metrics)
-        for suffix in ("png", "pdf"):
-            figure.savefig(folder / f"reconstruction_mse-{run}.{suffix}", dpi=150)
-        plt.close(figure)
-        written.append(folder / f"reconstruction_mse-{run}.png")
-    return written
+def mean_curve(rows: pd.DataFrame) -> pd.Series:
+    return rows.groupby("step")["value"].mean()
+
+
+def seed_lines(axis: plt.Axes, rows: pd.DataFrame, **style_options) -> None:
+    """Mean over seeds with a band of one standard deviation (no band with one seed)."""
+    sns.lineplot(data=rows, x="step", y="value", errorbar="sd", ax=axis, **style_options)
+
+
+def reconstruction_loss(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure | None:
+    """RL against step per probe point (columns) and experiment (rows), test accuracy on a second axis,
+    end of phase (i) and the RL minimum marked."""
+    reconstruction, accuracy = reconstruction_curves(metrics), classifier_accuracy(metrics)
+    if reconstruction.empty:
+        return None
+    cells = experiments(reconstruction, keys)
+    columns = max(len(layers_by_depth(rows)) for _, rows in cells)
+    figure, axes = grid(len(cells), columns)
+    for row, (title, rows) in enumerate(cells):
+        own_accuracy = accuracy[accuracy["run_id"].isin(rows["run_id"])]
+        for column, layer in enumerate(layers_by_depth(rows)):
+            axis, curve = axes[row, column], rows[rows["layer"] == layer]
+            seed_lines(axis, curve, marker="o", markersize=3)
+            mean = mean_curve(curve)
+            phases = detect_phases(mean.index.tolist(), mean.tolist(), seed_spread(curve))
+            if phases.end_of_phase_one is not None:
+                axis.axvline(phases.end_of_phase_one, color=PHASE_ONE_COLOUR, linestyle="--", linewidth=1,
+                             label=f"end of phase (i): {phases.end_of_phase_one}")
+            axis.axvline(phases.minimum_step, color=MINIMUM_COLOUR, linestyle=":", linewidth=1.2,
+                         label=f"RL minimum: {phases.minimum_step} (+{phases.rise_percent:.0f}% by the end)")
+            axis.set_title(f"{title}: {layer}", fontsize=9)
+            axis.set_ylabel(RL_LABEL)
+            step_axis(axis, mean.index.max())
+            axis.legend(fontsize=7, loc="best")
+            if not own_accuracy.empty:
+                twin = axis.twinx()
+                seed_lines(twin, own_accuracy, color=ACCURACY_COLOUR, linestyle="--")
+                twin.set_ylim(0, 1)
+                twin.set_ylabel("classifier test accuracy", color=ACCURACY_COLOUR)
+                twin.grid(False)
+        for column in range(len(layers_by_depth(rows)), columns):
+            axes[row, column].set_visible(False)
+    return finish(figure, axes, axes.size,
+                  "Reconstruction loss over training (dashed orange: classifier test accuracy)")
+
+
+def linear_probe_accuracy(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure | None:
+    """Linear-probe test accuracy against step, one line per probe point; the classifier's in black."""
+    probe = metrics.query("probe == 'linear' and metric == 'accuracy' and split == 'test'")
+    if probe.empty:
+        return None
+    accuracy = classifier_accuracy(metrics)
+    cells = experiments(probe, keys)
+    columns = min(3, len(cells))
+    figure, axes = grid(-(-len(cells) // columns), columns)
+    for axis, (title, rows) in zip(axes.flat, cells, strict=False):
+        seed_lines(axis, rows, hue="layer", hue_order=layers_by_depth(rows), marker="o", markersize=3)
+        seed_lines(axis, accuracy[accuracy["run_id"].isin(rows["run_id"])], color="black", linestyle="--",
+                   label="the classifier itself")
+        axis.set_title(title, fontsize=9)
+        axis.set_ylabel("linear probe test accuracy")
+        axis.legend(title="probe point", fontsize=7, title_fontsize=7)
+        step_axis(axis, rows["step"].max())
+    return finish(figure, axes, len(cells), "Linear-probe accuracy over training")
+
+
+def transfer_accuracy(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure | None:
+    """Transfer-task test accuracy against step per task, one line per probe point; star: t*, the step
+    of best accuracy on the held-out split."""
+    transfer = metrics[metrics["probe"].str.startswith("transfer_") & (metrics["metric"] == "accuracy")]
+    if transfer.empty:
+        return None
+    cells = [(f"{title}: {task.removeprefix('transfer_')}", rows[rows["probe"] == task])
+             for title, rows in experiments(transfer, keys) for task in sorted(rows["probe"].unique())]
+    columns = min(3, len(cells))
+    figure, axes = grid(-(-len(cells) // columns), columns)
+    for axis, (title, rows) in zip(axes.flat, cells, strict=False):
+        layers = layers_by_depth(rows)
+        colours = dict(zip(layers, sns.color_palette(n_colors=len(layers)), strict=True))
+        test = rows[rows["split"] == "test"]
+        seed_lines(axis, test, hue="layer", hue_order=layers, palette=colours, marker="o", markersize=3)
+        for layer in layers:
+            validation = mean_curve(rows[(rows["layer"] == layer) & (rows["split"] == "val")])
+            if not validation.empty:
+                chosen = validation.idxmax()
+                axis.scatter([chosen], [mean_curve(test[test["layer"] == layer])[chosen]], marker="*", s=160,
+                             color=colours[layer], edgecolors="black", zorder=5)
+        axis.set_title(f"{title}\n(star: t*, the best step on held-out data)", fontsize=9)
+        axis.set_ylabel("transfer test accuracy")
+        axis.legend(title="probe point", fontsize=7, title_fontsize=7)
+        step_axis(axis, rows["step"].max())
+    return finish(figure, axes, len(cells), "Transfer of the frozen features over pre-training")
+
+
+def fitting_a_few(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure | None:
+    """Per experiment: the penultimate RL, beside the share of the training loss carried by the worst
+    samples (and, on a data model with atypical samples, the mean loss of the majority and of the few)."""
+    shares = metrics.query("probe == 'sample_loss' and split == 'train' and metric.str.startswith('loss_share')")
+    if shares.empty:
+        return None
+    reconstruction = reconstruction_curves(metrics)
+    cells = experiments(shares, keys)
+    figure, axes = grid(len(cells), 3)
+    for row, (title, rows) in enumerate(cells):
+        own = metrics[metrics["run_id"].isin(rows["run_id"])]
+        curves = reconstruction[reconstruction["run_id"].isin(rows["run_id"])]
+        if not curves.empty:
+            deepest = [layer for layer in layers_by_depth(curves) if layer != "logits"] or ["logits"]
+            seed_lines(axes[row, 0], curves[curves["layer"] == deepest[-1]], marker="o", markersize=3)
+            axes[row, 0].set_title(f"{title}: RL of {deepest[-1]}", fontsize=9)
+        axes[row, 0].set_ylabel(RL_LABEL)
+        worst = rows.assign(share=rows["metric"].str.removeprefix("loss_share_worst_").str.replace("pct", "%")
+                            .str.replace("_", "."))
+        seed_lines(axes[row, 1], worst, hue="share", marker="o", markersize=3)
+        axes[row, 1].set_ylim(0, 1)
+        axes[row, 1].set_title(f"{title}: loss share of the worst samples", fontsize=9)
+        axes[row, 1].set_ylabel("share of the total training loss")
+        axes[row, 1].legend(title="worst samples", fontsize=7, title_fontsize=7)
+        groups = own.query("probe == 'sample_loss' and split == 'train' and metric.str.startswith('loss_mean')")
+        if not groups.empty:
+            seed_lines(axes[row, 2], groups.assign(samples=groups["metric"].str.removeprefix("loss_mean_")),
+                       hue="samples", marker="o", markersize=3)
+            axes[row, 2].set_yscale("log")
+            axes[row, 2].set_ylabel("mean training loss (cross-entropy)")
+            axes[row, 2].set_title(f"{title}: the majority and the few", fontsize=9)
+        else:
+            quantiles = own.query("probe == 'sample_loss' and split == 'train' and metric.str.startswith('loss_p')")
+            seed_lines(axes[row, 2], quantiles.assign(quantile=quantiles["metric"].str.removeprefix("loss_")),
+                       hue="quantile", marker="o", markersize=3)
+            axes[row, 2].set_yscale("log")
+            axes[row, 2].set_ylabel("per-sample training loss (cross-entropy)")
+            axes[row, 2].set_title(f"{title}: loss quantiles", fontsize=9)
+        for axis in axes[row]:
+            step_axis(axis, rows["step"].max())
+    return finish(figure, axes, len(cells) * 3, "Fitting the majority, then a few")
+
+
+def reconstruction_heatmap(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure | None:
+    """Probe point x step: RL relative to its start, in percent (mean over seeds)."""
+    reconstruction = reconstruction_curves(metrics)
+    if reconstruction.empty:
+        return None
+    cells = experiments(reconstruction, keys)
+    columns = min(2, len(cells))
+    figure, axes = plt.subplots(-(-len(cells) // columns), columns, squeeze=False,
+                                figsize=(6.4 * columns, 0.5 * max(len(layers_by_depth(rows)) for _, rows in cells)
+                                         * -(-len(cells) // columns) + 1.6 * -(-len(cells) // columns)))
+    for axis, (title, rows) in zip(axes.flat, cells, strict=False):
+        table = rows.pivot_table(index="layer", columns="step", values="value", aggfunc="mean")
+        relative = (table.div(table.iloc[:, 0], axis=0) - 1) * 100
+        relative = relative.loc[layers_by_depth(rows)]
+        limit = max(1.0, float(np.nanmax(np.abs(relative.to_numpy()))))
+        sns.heatmap(relative, ax=axis, cmap="RdBu_r", center=0, vmin=-limit, vmax=limit, annot=relative.shape[1] <= 16,
+                    fmt=".0f", annot_kws={"fontsize": 6}, cbar_kws={"label": "RL change from step 0 (%)"})
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("training step")
+        axis.set_ylabel("probe point (input to output)")
+    return finish(figure, axes, len(cells), "Reconstruction loss relative to the untrained network")
+
+
+def theory(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure | None:
+    """The single-layer network on the prototypes data model: RL of the logits per atypical fraction
+    (top), the majority's and the few's training loss (bottom), one column per initial weight scale."""
+    fraction, scale = "atypical fraction", "init scale"
+    simulated = metrics[(metrics["dataset"] == "prototypes") & (metrics["arch"] == "linear")]
+    if simulated.empty:
+        return None
+    simulated = simulated.rename(columns={"dataset.atypical_fraction": fraction, "arch.init_scale": scale})
+    simulated = simulated.assign(**{key: simulated[key] if key in simulated else "as configured"
+                                    for key in (fraction, scale)})
+    scales = sorted(simulated[scale].unique(), key=str)
+    figure, axes = grid(2, len(scales))
+    palette = "flare"  # light to dark with the atypical fraction
+    for column, value in enumerate(scales):
+        rows = simulated[simulated[scale] == value]
+        logits = reconstruction_curves(rows).query("layer == 'logits'")
+        seed_lines(axes[0, column], logits, hue=fraction, palette=palette, marker="o", markersize=3)
+        axes[0, column].set_title(f"init scale {value}: RL of the logits", fontsize=9)
+        axes[0, column].set_ylabel(RL_LABEL)
+        losses = rows.query("probe == 'sample_loss' and split == 'train' and metric.str.startswith('loss_mean')")
+        losses = losses.assign(samples=losses["metric"].str.removeprefix("loss_mean_"))
+        seed_lines(axes[1, column], losses, hue=fraction, style="samples", style_order=["majority", "atypical"],
+                   palette=palette, marker="o", markersize=3)
+        axes[1, column].set_yscale("log")
+        axes[1, column].set_title(f"init scale {value}: mean training loss", fontsize=9)
+        axes[1, column].set_ylabel("cross-entropy (log scale)")
+        for axis in axes[:, column]:
+            step_axis(axis, rows["step"].max())
+            axis.get_legend().remove()
+    # One legend for all panels, beside them: fractions by colour, majority / atypical by line style.
+    figure.legend(*axes[1, -1].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5),
+                  fontsize=8)
+    return finish(figure, axes, 2 * len(scales), "Theory simulated: prototypes + noise, a fraction of atypical samples")
+
+
+FigureFunction = Callable[[pd.DataFrame, list[str]], "plt.Figure | None"]
+FIGURES: dict[str, FigureFunction] = {
+    "reconstruction_loss": reconstruction_loss,
+    "linear_probe_accuracy": linear_probe_accuracy,
+    "transfer_accuracy": transfer_accuracy,
+    "fitting_a_few": fitting_a_few,
+    "reconstruction_heatmap": reconstruction_heatmap,
+    "theory": theory,
+}
 
 
 def main() -> int:
+    from phases.report import build  # the report module draws through this one
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--outputs", type=Path, default=Path("outputs"), help="paths.outputs of the runs")
+    parser.add_argument("--outputs", default="outputs", help="paths.outputs of the runs")
     arguments = parser.parse_args()
-    written = draw_all(arguments.outputs)
-    if not written:
-        print(f"no runs with reconstruction metrics under {arguments.outputs / 'runs'}: "
-              "make some with `make demo` or `python -m phases.run`")
-        return 0
-    for path in written:
-        print(f"wrote {path} (and .pdf)")
-    return 0
+    return build(arguments.outputs)
 
 
 if __name__ == "__main__":

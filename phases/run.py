@@ -10,6 +10,7 @@ Results go to <paths.outputs>/runs/<run_id>/ (metrics.parquet, config.yaml, run.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import sys
@@ -126,6 +127,7 @@ def _train_and_probe(cfg: DictConfig, model, splits: ImageSplits, other_splits: 
         "status": "running",
         "error": None,
         "command": sys.argv,
+        "sweep": os.environ.get("PHASES_SWEEP"),  # set by phases.sweep (make sweep-<name>); null otherwise
         "data_source": splits.source,
         "started_at": store.now(),
         "resumed_from_step": None if state is None else state.step,

@@ -125,7 +125,9 @@ def main() -> int:
     returncode = 0
     for overrides in groups:  # in order; a failed multirun does not stop the next one
         command = [sys.executable, "-m", "phases.run", "-m", *overrides]
-        returncode = subprocess.run(command, env={**os.environ, **environment}, check=False).returncode or returncode
+        # PHASES_SWEEP: each run records its sweep in run.json, so the report can group runs by sweep.
+        run_environment = {**os.environ, **environment, "PHASES_SWEEP": arguments.sweep.stem}
+        returncode = subprocess.run(command, env=run_environment, check=False).returncode or returncode
     print(f"summary of {arguments.sweep.stem}:")
     counts = print_jobs(jobs, before)
     print(", ".join(f"{count} {status}" for status, count in sorted(counts.items())))

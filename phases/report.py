@@ -1,0 +1,163 @@
+"""`make figures`: every figure and table of the runs under paths.outputs, and one page showing them.
+
+    python -m phases.figures --outputs outputs
+
+Per sweep (the `sweep` recorded in each run.json; runs started directly are "single runs"):
+`figures/<sweep>--<figure>.png|pdf`, `tables/<sweep>--phase_table.csv|md|tex` (and the transfer
+table when runs measured transfer), then `report.html`, which opens offline in a browser. A figure
+is redrawn only when its sweep's metrics or the analysis code changed (fingerprints in
+`figures/manifest.json`); tables and the page are cheap and always rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import re
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from phases import figures, phase_detection, store, tables
+from phases.aggregate import Runs, load_runs, summary, write_tables
+
+ANALYSIS_CODE = (figures, tables, phase_detection)  # a change to any of them redraws every figure
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def fingerprint(metrics: pd.DataFrame, keys: list[str]) -> str:
+    digest = hashlib.sha256()
+    for module in ANALYSIS_CODE:
+        digest.update(Path(module.__file__).read_bytes())
+    digest.update(json.dumps(keys).encode())
+    rows = metrics.sort_values(["run_id", "step", "layer", "probe", "metric", "split"]).reset_index(drop=True)
+    digest.update(pd.util.hash_pandas_object(rows.astype(str), index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def save_figure(figure: plt.Figure, stem: Path) -> None:
+    for suffix in ("png", "pdf"):
+        store.write_atomically(stem.with_suffix(f".{suffix}"),
+                              lambda temporary, kind=suffix: figure.savefig(temporary, format=kind, dpi=130,
+                                                                            bbox_inches="tight"))
+    plt.close(figure)
+
+
+def draw_sweep(metrics: pd.DataFrame, keys: list[str], stem: str, folder: Path, manifest: dict) -> list[Path]:
+    """The sweep's figures as PNG paths, drawing only those whose fingerprint changed."""
+    drawn = []
+    sweep_fingerprint = fingerprint(metrics, keys)
+    for name, draw in figures.FIGURES.items():
+        path = folder / f"{stem}--{name}.png"
+        known = manifest.get(path.name)
+        if known and known["fingerprint"] == sweep_fingerprint and (not known["drawn"] or path.is_file()):
+            drawn += [path] if known["drawn"] else []
+            continue
+        figure = draw(metrics, keys)
+        if figure is not None:
+            save_figure(figure, path.with_suffix(""))
+            drawn.append(path)
+            print(f"drew {path} (and .pdf)")
+        manifest[path.name] = {"fingerprint": sweep_fingerprint, "drawn": figure is not None}
+    return drawn
+
+
+def sweep_tables(metrics: pd.DataFrame, keys: list[str], stem: str, folder: Path) -> dict[str, pd.DataFrame]:
+    built = {"phase table": tables.phase_table(metrics, keys), "transfer table": tables.transfer_table(metrics, keys)}
+    built = {title: table for title, table in built.items() if not table.empty}
+    for title, table in built.items():
+        tables.write_table(table, folder / f"{stem}--{title.replace(' ', '_')}")
+    return built
+
+
+def caption(name: str) -> str:
+    return " ".join((figures.FIGURES[name].__doc__ or name).split())
+
+
+PAGE_SCRIPT = """<script>
+// Marks the page once every image has loaded or failed: data-images-loaded / data-images-total on <body>,
+// class "broken" on an image that did not load (what the headless-browser test reads).
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const loaded = images.filter((image) => image.complete && image.naturalWidth > 0);
+  images.filter((image) => !loaded.includes(image)).forEach((image) => image.classList.add("broken"));
+  document.body.dataset.imagesTotal = images.length;
+  document.body.dataset.imagesLoaded = loaded.length;
+});
+</script>"""
+
+PAGE_STYLE = """<style>
+body { font-family: sans-serif; margin: 2em; max-width: 1600px; }
+img { max-width: 100%; border: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: 0.85em; margin-bottom: 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
+figure { margin: 1.5em 0; } figcaption { color: #444; font-size: 0.9em; }
+.left-out { color: #a00; }
+</style>"""
+
+
+def sweep_section(sweep: str, runs: Runs, pictures: list[Path], built: dict[str, pd.DataFrame]) -> str:
+    own = runs.runs[runs.runs["sweep"] == sweep]
+    counts = ", ".join(f"{count} {status}" for status, count in own["status"].value_counts().sort_index().items())
+    parts = [f'<h2 id="{html.escape(slug(sweep))}">{html.escape(sweep)}</h2>', f"<p>{len(own)} runs: {counts}.</p>"]
+    left_out = own[own["status"] != "done"]
+    if not left_out.empty:
+        parts.append('<p class="left-out">Left out of the figures and tables:</p><ul class="left-out">')
+        parts += [f"<li>{html.escape(row.run_id)}: {html.escape(str(row.status))}"
+                  f"{': ' + html.escape(str(row.reason)) if row.reason else ''}</li>" for row in left_out.itertuples()]
+        parts.append("</ul>")
+    for picture in pictures:
+        name = picture.stem.split("--", 1)[1]
+        parts.append(f'<figure><img src="figures/{html.escape(picture.name)}" alt="{html.escape(name)}">'
+                     f"<figcaption>{html.escape(caption(name))} (<a href=\"figures/{html.escape(picture.stem)}.pdf\">"
+                     "PDF</a>)</figcaption></figure>")
+    for title, table in built.items():
+        parts.append(f"<h3>{html.escape(title)}</h3>")
+        parts.append(tables.readable(table).to_html(index=False, border=0))
+    return "\n".join(parts)
+
+
+def write_report(outputs: Path, sections: dict[str, str]) -> Path:
+    index = " · ".join(f'<a href="#{html.escape(slug(sweep))}">{html.escape(sweep)}</a>' for sweep in sections)
+    page = "\n".join(["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+                      "<title>phases: figures and tables</title>", PAGE_STYLE, "</head><body>",
+                      f"<h1>Learning phases: the runs under {html.escape(str(outputs))}</h1>",
+                      f"<p>Written {store.now()} by <code>make figures</code>. Sweeps: {index}</p>",
+                      *sections.values(), PAGE_SCRIPT, "</body></html>"])
+    path = outputs / "report.html"
+    store.write_text(path, page)
+    return path
+
+
+def build(outputs: Path | str) -> int:
+    outputs = Path(outputs)
+    runs = load_runs(outputs)
+    if runs.metrics.empty:
+        print(f"no finished runs under {outputs / 'runs'}: make some with `make demo` or `make sweep-smoke`")
+        if not runs.runs.empty:
+            print(summary(runs))
+        return 0
+    print(summary(runs))
+    write_tables(runs, outputs)
+    figures.style()
+    manifest_path = outputs / "figures" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    sections = {}
+    for sweep in sorted(runs.runs["sweep"].unique()):
+        metrics = runs.metrics[runs.metrics["sweep"] == sweep]
+        keys = ["dataset", "arch", *runs.settings.get(sweep, [])]
+        pictures, built = [], {}
+        if not metrics.empty:
+            metrics = metrics.dropna(axis=1, how="all")
+            keys = [key for key in keys if key in metrics]
+            pictures = draw_sweep(metrics, keys, slug(sweep), outputs / "figures", manifest)
+            built = sweep_tables(metrics, keys, slug(sweep), outputs / "tables")
+        sections[sweep] = sweep_section(sweep, runs, pictures, built)
+    store.write_json(manifest_path, manifest)
+    print(f"wrote {write_report(outputs, sections)}")
+    return 0

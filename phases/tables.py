@@ -1,0 +1,137 @@
+"""The paper's tables from the finished runs' metrics: numbers per seed, then mean and std over seeds.
+
+- phase table: per experiment (dataset, arch and the settings that vary in its sweep) and probe point,
+  the end of phase (i), the RL minimum (start of phase iii), RL at start, minimum and end, the rise
+  after the minimum, and the classifier's test accuracy at the minimum and at the end;
+- transfer table (paper.md 4.3): per experiment, probe point and transfer task, test accuracy at step
+  0, at t* (the step of best accuracy on the held-out `val` split), at the last step, best minus last,
+  and the test-set oracle beside it.
+
+Written as CSV (numbers: `<column>_mean`, `<column>_std`), Markdown and LaTeX ("mean ± std").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from phases import store
+from phases.phase_detection import detect_phases
+
+
+def reconstruction_curves(metrics: pd.DataFrame) -> pd.DataFrame:
+    return metrics.query("probe == 'reconstruction' and metric == 'mse' and split == 'test'")
+
+
+def classifier_accuracy(metrics: pd.DataFrame) -> pd.DataFrame:
+    return metrics.query("probe == 'classifier' and metric == 'accuracy' and split == 'test'")
+
+
+def seed_spread(curve: pd.DataFrame) -> float:
+    """Mean over steps of the standard deviation across seeds (0 with one seed)."""
+    by_seed = curve.pivot_table(index="step", columns="seed", values="value")
+    return float(by_seed.std(axis=1, ddof=1).mean()) if by_seed.shape[1] > 1 else 0.0
+
+
+def _mean_and_std(per_seed: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per group of `keys`: the number of seeds, then each numeric column's mean and std over seeds."""
+    grouped = per_seed.groupby(keys, dropna=False, sort=True)
+    values = [column for column in per_seed.columns if column not in (*keys, "seed")]
+    table = grouped.agg(**{"seeds": ("seed", "nunique")},
+                        **{f"{column}_{statistic}": (column, statistic) for column in values
+                           for statistic in ("mean", "std")})
+    return table.reset_index()
+
+
+def phase_table(metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per experiment (`keys`) and probe point; numeric, mean and std over seeds."""
+    reconstruction = reconstruction_curves(metrics)
+    accuracy = classifier_accuracy(metrics).set_index(["run_id", "step"])["value"]
+    rows = []
+    for group, curves in reconstruction.groupby([*keys, "layer"], dropna=False, sort=False):
+        spread = seed_spread(curves)
+        for (run_id, seed), curve in curves.groupby(["run_id", "seed"]):
+            curve = curve.sort_values("step")
+            phases = detect_phases(curve["step"].tolist(), curve["value"].tolist(), spread)
+            last = int(curve["step"].iloc[-1])
+            rows.append({**dict(zip([*keys, "layer"], group, strict=True)), "seed": seed,
+                         "end_of_phase_one_step": phases.end_of_phase_one, "minimum_step": phases.minimum_step,
+                         "rl_start": phases.start, "rl_minimum": phases.minimum, "rl_end": phases.end,
+                         "rise_percent": phases.rise_percent,
+                         "accuracy_at_minimum": accuracy.get((run_id, phases.minimum_step), np.nan),
+                         "accuracy_at_end": accuracy.get((run_id, last), np.nan)})
+    if not rows:
+        return pd.DataFrame()
+    per_seed = pd.DataFrame(rows).astype({"end_of_phase_one_step": float})
+    return _mean_and_std(per_seed, [*keys, "layer"])
+
+
+def transfer_table(metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per experiment, probe point and transfer task; numeric, mean and std over seeds."""
+    transfer = metrics[metrics["probe"].str.startswith("transfer_") & (metrics["metric"] == "accuracy")]
+    rows = []
+    for group, runs in transfer.groupby([*keys, "layer", "probe"], dropna=False, sort=True):
+        for seed, run in runs.groupby("seed"):
+            by_split = run.pivot_table(index="step", columns="split", values="value").sort_index()
+            chosen = by_split["val"].idxmax() if "val" in by_split else np.nan  # earliest of equal bests
+            oracle = by_split["test"].idxmax()
+            best = by_split["test"].get(chosen, np.nan)
+            last = by_split["test"].iloc[-1]
+            rows.append({**dict(zip([*keys, "layer", "probe"], group, strict=True)), "seed": seed,
+                         "accuracy_at_start": by_split["test"].iloc[0], "chosen_step": chosen,
+                         "accuracy_at_chosen_step": best, "accuracy_at_end": last, "chosen_minus_end": best - last,
+                         "oracle_step": oracle, "oracle_accuracy": by_split["test"].max()})
+    if not rows:
+        return pd.DataFrame()
+    table = _mean_and_std(pd.DataFrame(rows), [*keys, "layer", "probe"])
+    table["probe"] = table["probe"].str.removeprefix("transfer_")
+    return table.rename(columns={"probe": "task"})
+
+
+def _cell(mean: float, std: float, seeds: int, digits: int) -> str:
+    if pd.isna(mean):
+        return "never" if digits == 0 else "-"
+    text = f"{mean:.{digits}f}"
+    return text if seeds < 2 or pd.isna(std) else f"{text} ± {std:.{digits}f}"
+
+
+# Column -> (heading in words, with units, and decimals). Steps are whole numbers; RL in normalised pixels.
+HEADINGS = {
+    "end_of_phase_one_step": ("end of phase (i) (step)", 0), "minimum_step": ("RL minimum (step)", 0),
+    "rl_start": ("RL at start", 4), "rl_minimum": ("RL at minimum", 4), "rl_end": ("RL at end", 4),
+    "rise_percent": ("rise after minimum (%)", 1), "accuracy_at_minimum": ("test accuracy at minimum", 3),
+    "accuracy_at_end": ("test accuracy at end", 3), "accuracy_at_start": ("test accuracy at step 0", 3),
+    "chosen_step": ("t* (step, chosen on val)", 0), "accuracy_at_chosen_step": ("test accuracy at t*", 3),
+    "chosen_minus_end": ("t* minus end", 3), "oracle_step": ("oracle step (test)", 0),
+    "oracle_accuracy": ("oracle test accuracy", 3),
+}
+
+
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """The numeric table with "mean ± std" text cells and headings in words."""
+    keys = [column for column in table.columns if not column.endswith(("_mean", "_std")) and column != "seeds"]
+    text = table[keys].copy().rename(columns={"layer": "probe point"})
+    for column, (heading, digits) in HEADINGS.items():
+        if f"{column}_mean" in table:
+            text[heading] = [_cell(mean, std, seeds, digits) for mean, std, seeds
+                             in zip(table[f"{column}_mean"], table[f"{column}_std"], table["seeds"], strict=True)]
+    text["seeds"] = table["seeds"]
+    return text.fillna("-")
+
+
+def write_table(table: pd.DataFrame, path_stem: Path) -> list[Path]:
+    """CSV (numbers), Markdown and LaTeX (readable) beside each other; returns the paths."""
+    text = readable(table)
+    writers = {
+        ".csv": lambda temporary: table.to_csv(temporary, index=False),
+        ".md": lambda temporary: temporary.write_text(text.to_markdown(index=False) + "\n"),
+        ".tex": lambda temporary: temporary.write_text(text.to_latex(index=False, escape=True).replace("±", r"$\pm$")),
+    }
+    paths = []
+    for suffix, write in writers.items():
+        path = path_stem.with_suffix(suffix)
+        store.write_atomically(path, write)
+        paths.append(path)
+    return paths
