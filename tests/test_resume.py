@@ -70,9 +70,15 @@ def test_a_second_process_on_a_running_config_skips_it(resume_data_dir, tmp_path
     first = start(resume_data_dir, outputs)
     while steps_written(outputs) < 2 and first.poll() is None:
         time.sleep(0.01)
-    second = start(resume_data_dir, outputs)
-    assert second.wait(timeout=120) == 0
-    assert "is being run by another process right now: skipped" in second.stdout.read()
+    # Paused (holding its lock) while the second starts: on a loaded machine the first could otherwise
+    # finish before the second has even imported torch, and the second would find the run done.
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = start(resume_data_dir, outputs)
+        assert second.wait(timeout=120) == 0
+        assert "is being run by another process right now: skipped" in second.stdout.read()
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert first.wait(timeout=600) == 0
     (folder,) = (outputs / "runs").iterdir()
     assert json.loads((folder / "run.json").read_text())["status"] == "done"
