@@ -63,6 +63,9 @@ def draw_sweep(metrics: pd.DataFrame, keys: list[str], stem: str, folder: Path, 
             save_figure(figure, path.with_suffix(""))
             drawn.append(path)
             print(f"drew {path} (and .pdf)")
+        else:  # the runs no longer measure what it shows: no stale picture left beside the others
+            for suffix in (".png", ".pdf"):
+                path.with_suffix(suffix).unlink(missing_ok=True)
         manifest[path.name] = {"fingerprint": sweep_fingerprint, "drawn": figure is not None}
     return drawn
 
