@@ -70,6 +70,15 @@ def run_folder(cfg: DictConfig) -> Path:
     return Path(cfg.paths.outputs) / "runs" / run_id(cfg)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+CURRENT_UMASK = _current_umask()
+
+
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(temporary_path)` then rename it over `path`: readers see the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +86,9 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     os.close(descriptor)
     try:
         write(Path(temporary))
+        # mkstemp makes the file private (0600); a result file gets the mode any new file would, so a
+        # lab's shared outputs folder (report.html, figures, metrics) stays readable by the group.
+        os.chmod(temporary, 0o666 & ~CURRENT_UMASK)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

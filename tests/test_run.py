@@ -59,6 +59,13 @@ def test_run_folder_has_config_provenance_and_metrics(finished_run):
     assert record["training_time_s"] + record["probing_time_s"] <= record["wall_time_s"]
 
 
+def test_result_files_get_the_mode_of_any_new_file_not_a_private_one(finished_run):
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("metrics.parquet", "config.yaml", "run.json"):  # written through a private temporary file
+        assert (finished_run["folder"] / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_metrics_have_the_exact_schema_and_one_row_per_measurement(finished_run):
     table = pq.read_table(finished_run["folder"] / "metrics.parquet")
     assert table.schema.remove_metadata() == METRICS_SCHEMA
