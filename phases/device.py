@@ -10,7 +10,7 @@ from phases.config import ConfigError
 
 def resolve_device(name: str, job_number: int = 0) -> torch.device:
     """`auto` is CUDA when present, else the CPU. With several GPUs, job `job_number` of a local sweep
-    takes GPU (job_number mod GPUs), so parallel jobs spread over the GPUs (phases/launcher.py)."""
+    takes GPU (job_number mod GPUs), so parallel jobs spread over the GPUs (hydra_plugins/phases_launcher)."""
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
