@@ -120,11 +120,6 @@ def load_runs(outputs: Path) -> Runs:
     return Runs(metrics, runs, varying)
 
 
-def load_metrics(outputs: Path) -> pd.DataFrame:
-    """The finished runs' metrics rows (empty when there are none)."""
-    return load_runs(outputs).metrics
-
-
 def write_tables(runs: Runs, outputs: Path) -> list[Path]:
     folder = outputs / "tables"
     folder.mkdir(parents=True, exist_ok=True)

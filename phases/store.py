@@ -127,12 +127,17 @@ def run_lock(folder: Path) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def read_run_status(folder: Path) -> str | None:
-    """The `status` recorded in a run's run.json, or None when there is no readable run.json."""
+def read_run_record(folder: Path) -> dict[str, Any] | None:
+    """A run's run.json, or None when there is no readable one."""
     try:
-        return json.loads((folder / "run.json").read_text()).get("status")
+        return json.loads((folder / "run.json").read_text())
     except (OSError, ValueError):
         return None
+
+
+def read_run_status(folder: Path) -> str | None:
+    """The `status` recorded in a run's run.json, or None when there is no readable run.json."""
+    return (read_run_record(folder) or {}).get("status")
 
 
 def _git(*arguments: str) -> str | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import shlex
 import subprocess
@@ -62,9 +61,8 @@ def job_overrides(overrides: list[str]) -> list[list[str]]:
 
 def job_status(folder: Path) -> tuple[str, str]:
     """(status, detail) of one job's run folder."""
-    try:
-        record = json.loads((folder / "run.json").read_text())
-    except (OSError, ValueError):
+    record = store.read_run_record(folder)
+    if record is None:
         return "pending", ""
     status = record.get("status")
     if status == "done":
