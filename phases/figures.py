@@ -89,7 +89,8 @@ def reconstruction_loss(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure | 
     figure, axes = grid(len(cells), columns)
     for row, (title, rows) in enumerate(cells):
         own_accuracy = accuracy[accuracy["run_id"].isin(rows["run_id"])]
-        for column, layer in enumerate(layers_by_depth(rows)):
+        layers = layers_by_depth(rows)
+        for column, layer in enumerate(layers):
             axis, curve = axes[row, column], rows[rows["layer"] == layer]
             seed_lines(axis, curve, marker="o", markersize=3)
             mean = mean_curve(curve)
@@ -109,7 +110,7 @@ def reconstruction_loss(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure | 
                 twin.set_ylim(0, 1)
                 twin.set_ylabel("classifier test accuracy", color=ACCURACY_COLOUR)
                 twin.grid(False)
-        for column in range(len(layers_by_depth(rows)), columns):
+        for column in range(len(layers), columns):
             axes[row, column].set_visible(False)
     return finish(figure, axes, axes.size,
                   "Reconstruction loss over training (dashed orange: classifier test accuracy)")
@@ -213,9 +214,10 @@ def reconstruction_heatmap(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure
         return None
     cells = experiments(reconstruction, keys)
     columns = min(2, len(cells))
-    figure, axes = plt.subplots(-(-len(cells) // columns), columns, squeeze=False,
-                                figsize=(6.4 * columns, 0.5 * max(len(layers_by_depth(rows)) for _, rows in cells)
-                                         * -(-len(cells) // columns) + 1.6 * -(-len(cells) // columns)))
+    grid_rows = -(-len(cells) // columns)
+    most_layers = max(len(layers_by_depth(rows)) for _, rows in cells)
+    figure, axes = plt.subplots(grid_rows, columns, squeeze=False,
+                                figsize=(6.4 * columns, (0.5 * most_layers + 1.6) * grid_rows))
     for axis, (title, rows) in zip(axes.flat, cells, strict=False):
         table = rows.pivot_table(index="layer", columns="step", values="value", aggfunc="mean")
         relative = (table.div(table.iloc[:, 0], axis=0) - 1) * 100
