@@ -2,8 +2,9 @@
 hydra_plugins/phases_launcher): hydra-submitit's local processes, with a cap on how many run at once
 and one GPU per job.
 
-Registered when `phases.config` is imported, i.e. before Hydra composes a sweep: the schema
-`hydra/launcher/local_schema` and the resolvers `${visible_gpu_count:}` and `${local_job_slots:}`.
+Registered by `phases.config.compose.register_configs` before Hydra composes a sweep: the schema
+`local_launcher_schema` (outside the config groups) and the resolvers `${visible_gpu_count:}` and
+`${local_job_slots:}`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ CPU_CORES_PER_LOCAL_JOB = 4  # a training run keeps about this many cores busy (
 
 
 def visible_gpu_count() -> int:
-    import torch  # here, not at the top: the analysis side imports phases.config and never torch
+    import torch  # here, not at the top: composing a config needs no torch
 
     return torch.cuda.device_count()
 
@@ -32,12 +33,14 @@ def local_job_slots() -> int:
 @dataclass
 class PhasesLocalQueueConf(LocalQueueConf):
     _target_: str = "hydra_plugins.phases_launcher.LocalLauncher"  # Hydra takes launchers only from there
-    max_parallel_jobs: int = 1
+    max_parallel_jobs: int = "${local_job_slots:}"  # type: ignore[assignment]  # jobs at once
+    timeout_min: int = 4320  # 3 days: the plugin's 60 minutes would kill longer runs and start them over
+    gpus_per_node: int = "${visible_gpu_count:}"  # type: ignore[assignment]  # 0 on a machine without GPUs
+    cpus_per_task: int | None = None
 
 
 def register() -> None:
     for name, resolver in (("visible_gpu_count", visible_gpu_count), ("local_job_slots", local_job_slots)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
-    ConfigStore.instance().store(group="hydra/launcher", name="local_schema", node=PhasesLocalQueueConf,
-                                 provider="phases")
+    ConfigStore.instance().store(name="local_launcher_schema", node=PhasesLocalQueueConf, provider="phases")

@@ -1,0 +1,248 @@
+"""The schema of a run: every setting's type, default and explaining comment, written once, here.
+
+The YAML files under `conf/` extend these dataclasses and hold only what an option changes (a
+dataset's name and normalisation, `probe=paper`'s recipe). Hydra checks types and closed choices
+(the Enums below) while composing: `optimizer.lr=abc` or `probe.bn_mode=batch` fails there, naming
+the key and the allowed values, before any code of ours runs. Ranges and cross-references are
+checked by `phases.config.validation`. No Hydra here: the store computes run ids from this schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from omegaconf import MISSING
+
+
+class AtypicalKind(str, Enum):
+    """Where an atypical sample of the prototypes data model is centred (phases/training/data/prototypes.py)."""
+
+    other_prototype = "other_prototype"  # on another class's prototype
+    random_direction = "random_direction"  # on a random direction of its own prototype's norm
+
+
+class BatchNormMode(str, Enum):
+    """How BatchNorm normalises while activations are extracted (phases/training/features.py)."""
+
+    precise_eval = "precise_eval"  # eval mode, statistics recomputed on probe images at the current weights
+    eval = "eval"  # eval mode with the running statistics as training left them
+    train = "train"  # batch statistics in batches of schedule.batch_size: the published script's quirk
+
+
+class ReconstructionSolver(str, Enum):
+    closed_form = "closed_form"  # the exact ridge optimum of the affine decoder
+    sgd = "sgd"  # the published recipe: Adam on the per-pixel MSE
+
+
+class ClassifierSolver(str, Enum):
+    lbfgs = "lbfgs"  # full-batch multinomial logistic regression on the cached activations
+    sgd = "sgd"  # the published recipe: SGD with momentum and a step decay
+
+
+class TransferTask(str, Enum):
+    dominance = "dominance"  # colour_dominance for RGB datasets, quadrant_dominance for grayscale ones
+    colour_dominance = "colour_dominance"  # which of R, G, B has the largest sum (RGB only; the paper's)
+    quadrant_dominance = "quadrant_dominance"  # which image quadrant has the largest sum (any image)
+    dataset_switch = "dataset_switch"  # the paired dataset's own labels (fashion_mnist <-> mnist, cifar10 <-> cifar100)
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING  # a dataset of phases.training.data, e.g. "fashion_mnist"
+    image_size: int = 32  # images are resized to image_size x image_size pixels
+    mean: list[float] = MISSING  # per-channel mean of pixels scaled to [0, 1], used to normalise
+    std: list[float] = MISSING  # per-channel standard deviation, same units
+    train_size: int | None = None  # train on a seeded subset of this many images; null = all
+    test_size: int | None = None  # evaluate on a seeded subset of this many images; null = all
+    download: bool = False  # fetch the official files through torchvision when they are missing
+
+
+@dataclass
+class PrototypesDatasetConfig(DatasetConfig):
+    """The paper's data model, generated in memory: no files, nothing to download (except the real
+    dataset a `prototype_source` names, with its own `download` rule)."""
+
+    name: str = "prototypes"
+    # Samples are drawn in normalised units: the normalisation is the identity, one 0/1 per channel.
+    mean: list[float] = field(default_factory=lambda: [0.0])
+    std: list[float] = field(default_factory=lambda: [1.0])
+    train_size: int | None = 5000  # samples drawn for training (required: there is no "whole" generated split)
+    test_size: int | None = 2000  # samples drawn for testing, from the same prototypes with fresh noise
+    classes: int = 10
+    channels: int = 1  # a real prototype_source fixes it (1 for fashion_mnist and mnist, 3 for CIFAR)
+    # random (standard Gaussian pixels, seeded by the run's seed: per-pixel variance 1, like a normalised
+    # image) or a real dataset's name, e.g. fashion_mnist: its first `classes` class means, normalised.
+    prototype_source: str = "random"
+    noise_std: float = 1.0  # standard deviation of the Gaussian noise added to every pixel, normalised units
+    atypical_fraction: float = 0.05  # share of every class's samples that are atypical, in [0, 1)
+    atypical_kind: AtypicalKind = AtypicalKind.other_prototype
+
+
+@dataclass
+class ArchConfig:
+    name: str = MISSING  # an architecture of phases.training.models, e.g. "vgg8"
+    width: float = 1.0  # channel multiplier: 0.25 keeps a quarter of every layer's channels
+
+
+@dataclass
+class MLPArchConfig(ArchConfig):
+    name: str = "mlp"
+    hidden_sizes: list[int] = field(default_factory=lambda: [512, 256])  # units per hidden layer, before width
+
+
+@dataclass
+class LinearArchConfig(ArchConfig):
+    name: str = "linear"  # its width is unused: the layer's size is fixed by pixels and classes
+    # Multiplier on PyTorch's default initial weights (uniform, +-1/sqrt(pixels)); 0 = zero init. The
+    # theory's phases depend on how small the start is compared with what training adds.
+    init_scale: float = 1.0
+
+
+@dataclass
+class OptimizerConfig:
+    # Instantiated with hydra.utils.instantiate(cfg.optimizer, params=...): every other field is a
+    # keyword argument of the optimizer class, so no setting is read in one place and ignored in another.
+    _target_: str = MISSING
+    lr: float = MISSING  # learning rate
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    _target_: str = "torch.optim.SGD"
+    lr: float = 0.002  # the paper's learning rate (no schedule)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    _target_: str = "torch.optim.Adam"
+    lr: float = 0.001
+    weight_decay: float = 0.0
+
+
+@dataclass
+class ScheduleConfig:
+    # Optimizer updates; evaluated at 0, every power of two and max_steps. 2048 (about 4.4 epochs of
+    # Fashion-MNIST) shows the three phases on a CPU; the paper runs 65536 on a GPU.
+    max_steps: int = 2048
+    batch_size: int = 128  # images per update
+    # Besides after every evaluation, checkpoint when this many minutes passed since the last one, so a
+    # run killed without warning (SIGKILL, a node failure) loses at most that much; 0 = every step.
+    checkpoint_minutes: float = 10.0
+
+
+@dataclass
+class AdamRecipeConfig:
+    """The published script's decoder training: Adam on the per-pixel MSE (reconstruction_conv uses it as is)."""
+
+    epochs: int = 20
+    lr: float = 3.0e-4
+    weight_decay: float = 1.0e-5
+    batch_size: int = 128
+
+
+@dataclass
+class ReconstructionProbeConfig(AdamRecipeConfig):
+    solver: ReconstructionSolver = ReconstructionSolver.closed_form  # sgd: the Adam recipe above
+    # closed_form: ridge penalty relative to the features' scale, lambda = ridge * trace(X^T X) / features,
+    # so the same setting means the same regularisation at step 0 and after activations grew 100-fold.
+    ridge: float = 1.0e-3
+
+
+@dataclass
+class LinearProbeConfig:
+    solver: ClassifierSolver = ClassifierSolver.lbfgs
+    # lbfgs: penalty on the squared weights (standardised features), added to the mean loss; 1e-2
+    # matches the SGD recipe's test accuracy (make bench).
+    l2: float = 1.0e-2
+    max_iterations: int = 30  # lbfgs: iterations on the full probe training set
+    # sgd: the published recipe, SGD with momentum, lr x0.1 after lr_drop_epoch.
+    epochs: int = 20
+    lr: float = 0.01
+    momentum: float = 0.9
+    lr_drop_epoch: int = 10
+    batch_size: int = 128
+
+
+@dataclass
+class TransferProbeConfig:
+    tasks: list[TransferTask] = field(default_factory=lambda: [TransferTask.dominance])
+    validation_fraction: float = 0.2  # of the transfer training images, held out and reported as split "val"
+    classifier: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+
+
+@dataclass
+class SampleLossConfig:
+    quantiles: list[float] = field(default_factory=lambda: [0.5, 0.9, 0.99])  # of the per-sample loss
+    worst_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])  # share of loss they carry
+
+
+@dataclass
+class ProbeConfig:
+    # Probe points to measure; null = every point the arch declares; `penultimate` names the input of
+    # the final Linear in any arch (block5 in the VGGs, pooled in the ResNets). Probing every point is
+    # several times slower on a CPU.
+    layers: list[str] | None = field(default_factory=lambda: ["penultimate", "logits"])
+    train_size: int | None = 5000  # images the probes are fitted on (a seeded subset of the training split); null = all
+    test_size: int | None = 5000  # images the probes are scored on (a seeded subset of the test split); null = all
+    # Training images the classifier's own train accuracy is measured on; its test accuracy always
+    # uses the whole (possibly dataset.test_size-reduced) test split.
+    classifier_train_size: int = 5000
+    batch_size: int = 256  # images per forward pass when collecting activations (speed only; fits CPU caches)
+    calibration_size: int = 2000  # precise_eval: probe training images BatchNorm statistics are recomputed on
+    # Average-pool feature maps larger than this side (e.g. 4 -> at most C x 4 x 4) before probing;
+    # null = probe the maps as they are. Pooling changes what is measured: only set it deliberately.
+    spatial_pool: int | None = None
+    # The probed layers' activations of one evaluation step (probe train + test images, float32) may
+    # use at most this much memory; a larger configuration fails before training, saying what to change.
+    max_activation_gb: float = 8.0
+    bn_mode: BatchNormMode = BatchNormMode.precise_eval
+    # What runs at each evaluation, each configured in the node of its name below: layer probes
+    # (phases.training.probes: reconstruction, reconstruction_conv, linear, transfer) and measurements
+    # of the classifier's output (phases.training.output_metrics: sample_loss).
+    enabled: list[str] = field(default_factory=lambda: ["reconstruction", "linear", "sample_loss"])
+    reconstruction: ReconstructionProbeConfig = field(default_factory=ReconstructionProbeConfig)
+    reconstruction_conv: AdamRecipeConfig = field(default_factory=AdamRecipeConfig)
+    linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    transfer: TransferProbeConfig = field(default_factory=TransferProbeConfig)
+    sample_loss: SampleLossConfig = field(default_factory=SampleLossConfig)
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = "${oc.env:PHASES_DATA_DIR,data}"  # datasets, in torchvision's folder layout
+    outputs: str = "outputs"  # runs/, figures/ and tables/ are written below this folder
+    # Where Debian's dataset packages put their files (e.g. dataset-fashion-mnist); null = not searched.
+    system_data_dir: str | None = "/usr/share/datasets"
+
+
+@dataclass
+class RunConfig:
+    dataset: DatasetConfig = MISSING
+    arch: ArchConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    probe: ProbeConfig = MISSING
+    schedule: ScheduleConfig = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 0  # seeds weights, data order and every subset
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda or cuda:N
+    force: bool = False  # rerun even when a finished run with the same config exists
+    progress: bool = True  # show the training progress bar
+
+
+# The schemas the YAML files extend, by the name their defaults lists use (`/<name>@_here_`). They are
+# stored outside the config groups, so `arch=...` can never select a schema and listings show none.
+SCHEMAS: dict[str, type] = {
+    "run_schema": RunConfig,
+    "dataset_schema": DatasetConfig,
+    "prototypes_dataset_schema": PrototypesDatasetConfig,
+    "arch_schema": ArchConfig,
+    "mlp_arch_schema": MLPArchConfig,
+    "linear_arch_schema": LinearArchConfig,
+    "sgd_optimizer_schema": SGDConfig,
+    "adam_optimizer_schema": AdamConfig,
+    "probe_schema": ProbeConfig,
+    "schedule_schema": ScheduleConfig,
+}

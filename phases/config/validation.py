@@ -1,0 +1,180 @@
+"""Range and cross-reference checks of a composed run config, before any data is read or folder written.
+
+Types and closed choices are Hydra's job at compose time (phases/config/schema.py). `validate` walks
+the config and applies to every node the checks of its schema type and of that type's bases, so a
+node is checked for what it is (a PrototypesDatasetConfig is also a DatasetConfig), never for which
+keys it happens to hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from phases.config import schema
+
+
+class ConfigError(ValueError):
+    """A setting is out of range; the message names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        super().__init__(f"{key}={value!r} is invalid: {allowed}")
+        self.key = key
+
+
+def require(condition: bool, key: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(key, value, allowed)
+
+
+def _optional_size(key: str, value: int | None) -> None:
+    require(value is None or value >= 1, key, value, "a positive number of images, or null for all")
+
+
+def _dataset(node: DictConfig, key: str) -> None:
+    require(node.image_size >= 8, f"{key}.image_size", node.image_size, "an integer >= 8 (pixels)")
+    require(len(node.mean) == len(node.std), f"{key}.std", list(node.std),
+            f"one value per channel, like {key}.mean={list(node.mean)}")
+    for index, std in enumerate(node.std):
+        require(std > 0, f"{key}.std[{index}]", std, "a positive standard deviation")
+    _optional_size(f"{key}.train_size", node.train_size)
+    _optional_size(f"{key}.test_size", node.test_size)
+
+
+def _prototypes(node: DictConfig, key: str) -> None:
+    """The generated data model's ranges (its source and shape are checked by the data module)."""
+    require(node.classes >= 2, f"{key}.classes", node.classes, "an integer >= 2")
+    for size in ("train_size", "test_size"):
+        require(node[size] is not None and node[size] >= node.classes, f"{key}.{size}", node[size],
+                f"the number of samples to generate, at least one per class (>= {node.classes})")
+    require(node.noise_std >= 0, f"{key}.noise_std", node.noise_std, "a standard deviation >= 0 (normalised pixel units)")
+    require(0 <= node.atypical_fraction < 1, f"{key}.atypical_fraction", node.atypical_fraction,
+            "a fraction in [0, 1) of every class's samples")
+
+
+def _arch(node: DictConfig, key: str) -> None:
+    require(node.width > 0, f"{key}.width", node.width, "a positive channel multiplier, e.g. 0.25 or 1")
+
+
+def _mlp(node: DictConfig, key: str) -> None:
+    require(len(node.hidden_sizes) > 0 and all(size >= 1 for size in node.hidden_sizes), f"{key}.hidden_sizes",
+            list(node.hidden_sizes), "a non-empty list of positive layer sizes")
+
+
+def _linear_arch(node: DictConfig, key: str) -> None:
+    require(node.init_scale >= 0, f"{key}.init_scale", node.init_scale,
+            "a multiplier >= 0 on the default initial weights (0 = zero init, 1 = PyTorch's default)")
+
+
+def _optimizer(node: DictConfig, key: str) -> None:
+    require(node.lr > 0, f"{key}.lr", node.lr, "a positive learning rate, e.g. 0.002")
+    if "weight_decay" in node:  # a keyword of the optimizer class, present when its schema declares it
+        require(node.weight_decay >= 0, f"{key}.weight_decay", node.weight_decay, "a value >= 0")
+
+
+def _sgd(node: DictConfig, key: str) -> None:
+    require(0 <= node.momentum < 1, f"{key}.momentum", node.momentum, "a value in [0, 1)")
+
+
+def _schedule(node: DictConfig, key: str) -> None:
+    require(node.max_steps >= 1, f"{key}.max_steps", node.max_steps, "an integer >= 1 (updates)")
+    require(node.batch_size >= 1, f"{key}.batch_size", node.batch_size, "an integer >= 1 (images)")
+    require(node.checkpoint_minutes >= 0, f"{key}.checkpoint_minutes", node.checkpoint_minutes,
+            "minutes >= 0 (0 = every step)")
+
+
+def _adam_recipe(node: DictConfig, key: str) -> None:
+    require(node.epochs >= 1, f"{key}.epochs", node.epochs, "an integer >= 1")
+    require(node.lr > 0, f"{key}.lr", node.lr, "a positive learning rate")
+    require(node.batch_size >= 1, f"{key}.batch_size", node.batch_size, "an integer >= 1 (images)")
+    require(node.weight_decay >= 0, f"{key}.weight_decay", node.weight_decay, "a value >= 0")
+
+
+def _reconstruction(node: DictConfig, key: str) -> None:
+    require(node.ridge > 0, f"{key}.ridge", node.ridge, "a positive relative ridge penalty, e.g. 1e-3")
+
+
+def _classifier(node: DictConfig, key: str) -> None:
+    require(node.l2 >= 0, f"{key}.l2", node.l2, "a value >= 0")
+    require(node.max_iterations >= 1, f"{key}.max_iterations", node.max_iterations, "an integer >= 1")
+    require(0 <= node.momentum < 1, f"{key}.momentum", node.momentum, "a value in [0, 1)")
+    require(node.epochs >= 1, f"{key}.epochs", node.epochs, "an integer >= 1")
+    require(node.lr > 0, f"{key}.lr", node.lr, "a positive learning rate")
+    require(node.batch_size >= 1, f"{key}.batch_size", node.batch_size, "an integer >= 1 (images)")
+
+
+def _transfer(node: DictConfig, key: str) -> None:
+    require(0 < node.validation_fraction < 1, f"{key}.validation_fraction", node.validation_fraction,
+            "a fraction in (0, 1)")
+
+
+def _sample_loss(node: DictConfig, key: str) -> None:
+    for quantile in node.quantiles:
+        require(0 <= quantile <= 1, f"{key}.quantiles", quantile, "quantiles in [0, 1]")
+    for fraction in node.worst_fractions:
+        require(0 < fraction <= 1, f"{key}.worst_fractions", fraction, "fractions in (0, 1]")
+
+
+def _probe(node: DictConfig, key: str) -> None:
+    _optional_size(f"{key}.spatial_pool", node.spatial_pool)
+    require(node.max_activation_gb > 0, f"{key}.max_activation_gb", node.max_activation_gb, "a positive size in GB")
+    for size in ("classifier_train_size", "batch_size", "calibration_size"):
+        require(node[size] >= 1, f"{key}.{size}", node[size], "an integer >= 1 (images)")
+    _optional_size(f"{key}.test_size", node.test_size)
+    require(node.train_size is None or node.train_size >= 10, f"{key}.train_size", node.train_size,
+            "at least 10 images to fit a probe, or null for all")
+
+
+def _run(node: DictConfig, key: str) -> None:
+    require(node.device in ("auto", "cpu") or str(node.device).startswith("cuda"), "device", node.device,
+            "auto, cpu, cuda or cuda:N")
+
+
+# Schema type -> the checks of the fields it declares (its bases' checks apply too).
+CHECKS: dict[type, Callable[[DictConfig, str], None]] = {
+    schema.DatasetConfig: _dataset,
+    schema.PrototypesDatasetConfig: _prototypes,
+    schema.ArchConfig: _arch,
+    schema.MLPArchConfig: _mlp,
+    schema.LinearArchConfig: _linear_arch,
+    schema.OptimizerConfig: _optimizer,
+    schema.SGDConfig: _sgd,
+    schema.ScheduleConfig: _schedule,
+    schema.AdamRecipeConfig: _adam_recipe,
+    schema.ReconstructionProbeConfig: _reconstruction,
+    schema.LinearProbeConfig: _classifier,
+    schema.TransferProbeConfig: _transfer,
+    schema.SampleLossConfig: _sample_loss,
+    schema.ProbeConfig: _probe,
+    schema.RunConfig: _run,
+}
+
+
+def _check_node(node: DictConfig, key: str) -> None:
+    node_type = OmegaConf.get_type(node)
+    for base in reversed(getattr(node_type, "__mro__", ())):  # a base's checks before its subclass's
+        if base in CHECKS:
+            CHECKS[base](node, key)
+    for child in node:
+        if isinstance(node[child], DictConfig):
+            _check_node(node[child], f"{key}.{child}" if key else str(child))
+
+
+def validate(cfg: DictConfig, probe_points: list[str]) -> None:
+    """Fail on the first out-of-range setting; `probe_points` are those the built arch declares."""
+    _check_node(cfg, "")
+    probe = cfg.probe
+    if probe.layers is not None:
+        require(len(probe.layers) > 0, "probe.layers", list(probe.layers),
+                f"null (all) or a non-empty list of: {', '.join(probe_points)}")
+        for layer in probe.layers:
+            require(layer in probe_points, "probe.layers", layer,
+                    f"arch {cfg.arch.name} declares the probe points {', '.join(probe_points)}")
+    if "transfer" in probe.enabled:
+        channels = len(cfg.dataset.mean)
+        for task in probe.transfer.tasks:
+            require(task != schema.TransferTask.colour_dominance or channels == 3, "probe.transfer.tasks",
+                    task.value, f"colour_dominance needs RGB images; {cfg.dataset.name} is grayscale: "
+                    "use quadrant_dominance")

@@ -1,0 +1,75 @@
+"""A run's identity: `<dataset>-<arch>-<optimizer>-s<seed>-<8 hex>`, readable and stable.
+
+The hash covers the settings that differ from their schema's default (as dora's signature does), so
+a new setting added with a default leaves every finished run's identity as it was. Left out, as they
+cannot change results: where and how fast a run happens (NON_RESULT_KEYS), the nodes of probes that
+are not enabled, and BatchNorm's calibration size when statistics are not recomputed. Changing a
+default in the schema therefore does not change the ids of runs that used it: do so with a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import Enum
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+# Where or how fast a run happens, never its results; also what the analysis never treats as a setting.
+NON_RESULT_KEYS = ("paths", "device", "force", "progress", "probe.batch_size", "probe.max_activation_gb",
+                   "schedule.checkpoint_minutes")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True, enum_to_str=True)
+    return value.name if isinstance(value, Enum) else value
+
+
+def _changed_settings(node: DictConfig, prefix: str) -> dict[str, Any]:
+    """{dotted key: value} of the node's leaves that differ from its schema's defaults (all of them
+    where the schema has no default); `_target_` and `name` always, since they name what is built."""
+    node_type = OmegaConf.get_type(node)
+    defaults = OmegaConf.structured(node_type) if node_type not in (None, dict) else OmegaConf.create()
+    changed: dict[str, Any] = {}
+    for key in node:
+        dotted = f"{prefix}{key}"
+        if any(dotted == skipped or dotted.startswith(f"{skipped}.") for skipped in NON_RESULT_KEYS):
+            continue
+        value = node._get_node(key)
+        if isinstance(value, DictConfig):
+            changed.update(_changed_settings(value, f"{dotted}."))
+            continue
+        value = _plain(node[key])
+        has_default = key in defaults and not OmegaConf.is_missing(defaults, key)
+        if key in ("_target_", "name") or not has_default or value != _plain(defaults[key]):
+            changed[dotted] = value
+    return changed
+
+
+def result_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The settings that make this run's results differ from the defaults' run."""
+    settings = _changed_settings(cfg, "")
+    enabled = set(cfg.probe.enabled)
+    for name, node in cfg.probe.items():
+        if isinstance(node, DictConfig) and name not in enabled:
+            settings = {key: value for key, value in settings.items() if not key.startswith(f"probe.{name}.")}
+    if cfg.probe.bn_mode != "precise_eval":
+        settings.pop("probe.calibration_size", None)
+    return settings
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """8 hex digits over every setting that can change results."""
+    return hashlib.sha256(json.dumps(result_settings(cfg), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def optimizer_name(cfg: DictConfig) -> str:
+    """`torch.optim.SGD` -> `sgd`: the name used in run ids and in the metrics table."""
+    return str(cfg.optimizer._target_).rsplit(".", 1)[-1].lower()
+
+
+def run_id(cfg: DictConfig) -> str:
+    """Readable and stable, e.g. `fashion_mnist-vgg8-sgd-s0-1a2b3c4d`."""
+    return f"{cfg.dataset.name}-{cfg.arch.name}-{optimizer_name(cfg)}-s{cfg.seed}-{config_hash(cfg)}"

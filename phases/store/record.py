@@ -1,0 +1,108 @@
+"""A run's folder: where it lives, its lock, and RunRecord, the only reader and writer of its run.json.
+
+`<paths.outputs>/runs/<run_id>/` holds `config.yaml`, `run.json`, `metrics.parquet` and, while the
+run is unfinished, `checkpoint.pt`. run.json says what the run is doing or did (status, error),
+where it came from (command, sweep, git commit, versions, host, device) and how long it took.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from phases.store.files import write_json
+
+RECORD_FILE = "run.json"
+
+
+class RunStatus(str, Enum):
+    running = "running"  # started, or killed without a chance to say so: a rerun resumes it
+    interrupted = "interrupted"  # stopped on a signal after saving a checkpoint: a rerun resumes it
+    failed = "failed"  # an error stopped it; `error` says which
+    done = "done"  # every evaluation written: a rerun skips it
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    status: RunStatus
+    error: str | None = None  # "<ExceptionType>: <message>" of a failed or interrupted run
+    sweep: str | None = None  # the sweeps/<name>.yaml that ran it (PHASES_SWEEP); None for a direct run
+    command: list[str] | None = None
+    data_source: str | None = None  # the folder the dataset was read from
+    started_at: str | None = None
+    ended_at: str | None = None
+    resumed_from_step: int | None = None
+    steps_evaluated: int | None = None  # the last evaluation step whose metrics are written
+    wall_time_s: float | None = None  # this attempt
+    training_time_s: float | None = None  # summed over every attempt of a resumed run
+    probing_time_s: float | None = None
+    # Code version, library versions and machine: git_commit, git_dirty, versions, host, device, cpu_threads.
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, folder: Path) -> None:
+        content = {key: value for key, value in dataclasses.asdict(self).items() if key != "provenance"}
+        content["status"] = self.status.value
+        write_json(folder / RECORD_FILE, {**self.provenance, **content})
+
+    @classmethod
+    def read(cls, folder: Path) -> RunRecord:
+        """The folder's run.json; OSError when there is none, ValueError when it is not a run record."""
+        content = json.loads((folder / RECORD_FILE).read_text())
+        if not isinstance(content, dict) or "run_id" not in content or "status" not in content:
+            raise ValueError(f"{folder / RECORD_FILE} is not a run record (needs run_id and status)")
+        names = {entry.name for entry in dataclasses.fields(cls)} - {"provenance"}
+        known = {key: value for key, value in content.items() if key in names}
+        try:
+            known["status"] = RunStatus(known["status"])
+        except ValueError as error:
+            allowed = ", ".join(status.value for status in RunStatus)
+            raise ValueError(f"{folder / RECORD_FILE}: status {content['status']!r} is not one of {allowed}") from error
+        return cls(**known, provenance={key: value for key, value in content.items() if key not in names})
+
+    @classmethod
+    def find(cls, folder: Path) -> RunRecord | None:
+        """The folder's run record, or None when it has no readable one."""
+        try:
+            return cls.read(folder)
+        except (OSError, ValueError):
+            return None
+
+
+def run_folder(outputs: str | Path, run_id: str) -> Path:
+    return Path(outputs) / "runs" / run_id
+
+
+def run_folders(outputs: Path) -> list[Path]:
+    return sorted(path for path in (Path(outputs) / "runs").glob("*") if path.is_dir())
+
+
+@contextmanager
+def run_lock(folder: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on a run folder for the block; yields False when another process holds it.
+
+    A lock on an open file (flock) dies with its process, so a killed run never leaves a stale lock.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
