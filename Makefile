@@ -21,7 +21,18 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-data: install  ## make the default dataset available (data folder, system copy, apt, or download)
+# Debian's copy of Fashion-MNIST is installed here (never by the Python code) when neither the data folder
+# nor the system holds the dataset and we are root on a machine with apt-get; phases.fetch does the rest.
+SYSTEM_FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+DATA_FASHION_MNIST = $${PHASES_DATA_DIR:-data}/FashionMNIST/raw/train-images-idx3-ubyte
+
+data: install  ## make the default dataset available (data folder, Debian's copy: apt-get when root, or download)
+	@if [ ! -f $(SYSTEM_FASHION_MNIST) ] && [ ! -f $(DATA_FASHION_MNIST) ] && [ ! -f $(DATA_FASHION_MNIST).gz ] \
+	  && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's dataset-fashion-mnist with apt-get"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; } \
+	    || echo "apt-get could not install dataset-fashion-mnist; phases.fetch tries torchvision's download"; \
+	fi
 	$(BIN)/python -m phases.fetch
 
 demo: data  ## the default run (Fashion-MNIST, VGG-8, 2048 steps), then its figures
@@ -35,8 +46,8 @@ test: install  ## the test suite (end-to-end, resume and SLURM tests included; a
 	$(BIN)/python -m pytest
 
 bench: data  ## speed: our training step vs a bare PyTorch loop; our probe solvers vs the published recipes
-	$(BIN)/python -m phases.bench
-	$(BIN)/python -m phases.bench_probes --outputs $(OUTPUTS)
+	$(BIN)/python -m phases.bench.training_step
+	$(BIN)/python -m phases.bench.probes --outputs $(OUTPUTS)
 
 sweep-%: install  ## run sweeps/<name>.yaml (DRY=1: list its jobs and their status; ARGS="...": more overrides)
 	$(BIN)/python -m phases.sweep sweeps/$*.yaml $(if $(DRY),--dry-run) $(if $(ARGS),-- $(ARGS))

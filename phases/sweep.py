@@ -24,11 +24,11 @@ import sys
 from pathlib import Path
 
 import yaml
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from phases import store
-from phases.config import CONFIG_DIR
+from phases.config.compose import compose
+from phases.store.identity import run_id
+from phases.store.record import CHECKPOINT_FILE, RunRecord, RunStatus, run_folder
 
 
 def load_sweep(path: Path) -> dict:
@@ -61,24 +61,24 @@ def job_overrides(overrides: list[str]) -> list[list[str]]:
 
 def job_status(folder: Path) -> tuple[str, str]:
     """(status, detail) of one job's run folder."""
-    record = store.read_run_record(folder)
+    record = RunRecord.find(folder)
     if record is None:
         return "pending", ""
-    status = record.get("status")
-    if status == "done":
+    if record.status == RunStatus.done:
         return "done", ""
-    if status == "failed":
-        return "failed", record.get("error") or ""
-    if (folder / "checkpoint.pt").is_file():
-        return "partly done", f"resumes after step {record.get('steps_evaluated', '?')}"
-    return "pending", f"an earlier attempt stopped ({status})"
+    if record.status == RunStatus.failed:
+        return "failed", record.error or ""
+    if (folder / CHECKPOINT_FILE).is_file():
+        step = "?" if record.steps_evaluated is None else record.steps_evaluated
+        return "partly done", f"resumes after step {step}"
+    return "pending", f"an earlier attempt stopped ({record.status.value})"
 
 
 def list_jobs(overrides: list[str]) -> list[tuple[list[str], Path]]:
     jobs = []
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        for job in job_overrides(overrides):
-            jobs.append((job, store.run_folder(compose(config_name="config", overrides=job))))
+    for job in job_overrides(overrides):
+        cfg = compose(job)
+        jobs.append((job, run_folder(cfg.paths.outputs, run_id(cfg))))
     return jobs
 
 

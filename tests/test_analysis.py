@@ -1,5 +1,6 @@
 """The analysis side: phase detection on hand-made curves; aggregation, tables, figures and the report
-page on a committed fixture of real run outputs (tests/fixtures/README.md says how it was made)."""
+page on a committed fixture of real run outputs (tests/fixtures/README.md says how it was made); and
+that none of it, nor its front door `python -m phases.figures`, loads torch or Hydra."""
 
 import math
 import os
@@ -14,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from phases import figures, tables
-from phases.aggregate import load_runs
-from phases.phase_detection import detect_phases
+from phases.analysis import plots, tables
+from phases.analysis.phase_detection import detect_phases
+from phases.analysis.runs import load_runs
 
 FIXTURE = Path(__file__).parent / "fixtures" / "real_runs"
 STEPS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256]
@@ -132,19 +133,20 @@ def test_every_figure_function_draws_what_the_runs_measured(runs, sweep):
     metrics = runs.metrics[runs.metrics["sweep"] == sweep].dropna(axis=1, how="all")
     keys = ["dataset", "arch", *runs.settings[sweep]]
     drawn = set()
-    for name, draw in figures.FIGURES.items():
+    for name, draw in plots.FIGURES.items():
         figure = draw(metrics, keys)
         if figure is not None:
             drawn.add(name)
             visible = [axis for axis in figure.axes if axis.get_visible()]
             assert visible and all(axis.get_xlabel() or axis.get_ylabel() for axis in visible)  # labelled in words
-            figures.plt.close(figure)
+            plots.plt.close(figure)
     assert drawn == EXPECTED_FIGURES[sweep]
 
 
 def make_figures(outputs: Path) -> subprocess.CompletedProcess:
     script = ("import sys; from phases.figures import main; code = main(); "
-              "assert 'torch' not in sys.modules, 'the analysis side imported torch'; sys.exit(code)")
+              "assert not {'torch', 'hydra'} & set(sys.modules), 'the analysis side imported torch or hydra'; "
+              "sys.exit(code)")
     return subprocess.run([sys.executable, "-c", script, "--outputs", str(outputs)], capture_output=True, text=True,
                           timeout=300)
 

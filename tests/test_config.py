@@ -1,21 +1,23 @@
-from pathlib import Path
+import subprocess
+import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from phases.config import ConfigError, validate
-from phases.data import dataset_info
-from phases.models import build_model
+from phases.config.compose import compose
+from phases.config.options import CONFIG_DIR
+from phases.config.validation import ConfigError, validate
+from phases.training.data import dataset_info
+from phases.training.evaluation import check_enabled
+from phases.training.models import build_model
+from tests.conftest import REPOSITORY
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("dataset", "arch", "optimizer", "probe", "schedule")
 
 
 def composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose(overrides)
 
 
 def probe_points(cfg) -> list[str]:
@@ -52,9 +54,61 @@ def test_misspelt_keys_fail_at_compose_time():
         composed("optimizer.learning_rate=0.1")
 
 
-def test_unknown_arch_option_lists_the_known_ones():
-    with pytest.raises(ConfigCompositionException, match="vgg8"):
+@pytest.mark.parametrize("override, allowed", [
+    ("probe.bn_mode=batch", "precise_eval, eval, train"),
+    ("probe.reconstruction.solver=adam", "closed_form, sgd"),
+    ("probe.linear.solver=newton", "lbfgs, sgd"),
+    ("probe.transfer.classifier.solver=newton", "lbfgs, sgd"),
+    ("probe.transfer.tasks=[colour]", "dominance, colour_dominance, quadrant_dominance, dataset_switch"),
+])
+def test_closed_choices_fail_at_compose_time_listing_the_allowed_values(override, allowed):
+    with pytest.raises(ConfigCompositionException) as raised:
+        composed(override)
+    assert override.split("=")[0] in str(raised.value) and allowed in str(raised.value.__cause__)
+
+
+def test_atypical_kind_is_a_closed_choice():
+    with pytest.raises(ConfigCompositionException) as raised:
+        composed("dataset=prototypes", "dataset.atypical_kind=nearby")
+    assert "other_prototype, random_direction" in str(raised.value.__cause__)
+
+
+def test_unknown_arch_option_lists_the_known_ones_and_no_schema():
+    with pytest.raises(ConfigCompositionException, match="vgg8") as raised:
         composed("arch=nope")
+    options = str(raised.value).split("Available options in 'arch':")[1].split("Config search path")[0].split()
+    assert options == ["linear", "mlp", "resnet10", "resnet18", "vgg11", "vgg13", "vgg16", "vgg8"]
+
+
+@pytest.mark.parametrize("override", ["arch=arch_schema", "dataset=dataset_schema", "probe=probe_schema",
+                                      "hydra/launcher=local_launcher_schema"])
+def test_a_schema_cannot_be_selected_as_an_option(override):
+    with pytest.raises(ConfigCompositionException):
+        compose([override], hydra_config=True)
+
+
+def test_help_lists_only_real_options():
+    result = subprocess.run([sys.executable, "-m", "phases.run", "--help"], cwd=REPOSITORY, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    groups = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    assert "arch: linear, mlp, resnet10, resnet18, vgg11, vgg13, vgg16, vgg8" in groups
+    assert "schema" not in groups
+
+
+def test_every_option_file_holds_only_what_its_schema_does_not_say():
+    """One home per default: an option's value that equals its schema's default is written twice."""
+    from omegaconf import OmegaConf
+
+    from phases.config.options import schema_of
+
+    for path in sorted(CONFIG_DIR.glob("*/*.yaml")):
+        option = OmegaConf.load(path)
+        defaults = OmegaConf.structured(schema_of(option))
+        option.pop("defaults")
+        for key, value in OmegaConf.to_container(option).items():
+            if key in defaults and not OmegaConf.is_missing(defaults, key) and not isinstance(value, dict):
+                assert value != OmegaConf.to_container(defaults)[key], f"{path}: {key} repeats the schema's default"
 
 
 @pytest.mark.parametrize(
@@ -69,9 +123,7 @@ def test_unknown_arch_option_lists_the_known_ones():
         ("probe.train_size=0", "probe.train_size"),
         ("probe.layers=[block9]", "probe.layers"),
         ("probe.reconstruction.ridge=0", "probe.reconstruction.ridge"),
-        ("probe.reconstruction.solver=adam", "probe.reconstruction.solver"),
         ("probe.linear.lr=-0.1", "probe.linear.lr"),
-        ("probe.enabled=[reconstruction,decoder]", "probe.enabled"),
         ("probe.enabled=[transfer] probe.transfer.tasks=[colour_dominance]", "probe.transfer.tasks"),
         ("dataset.std=[0]", "dataset.std[0]"),
         ("dataset.train_size=0", "dataset.train_size"),
@@ -103,32 +155,30 @@ def test_penultimate_names_each_archs_last_features():
     assert build_model(linear.arch, dataset_info(linear.dataset)).resolve_points(linear.probe.layers) == ["logits"]
 
 
+def test_enabled_names_come_from_the_probe_and_output_metric_registries():
+    check_enabled(["reconstruction", "reconstruction_conv", "linear", "transfer", "sample_loss"])
+    with pytest.raises(ConfigError) as raised:
+        check_enabled(["reconstruction", "decoder"])
+    assert raised.value.key == "probe.enabled"
+    assert "reconstruction, reconstruction_conv, linear, transfer, sample_loss" in str(raised.value)
+
+
 @pytest.mark.parametrize("launcher, timeout_min", [("local", 4320), ("slurm", 1440)])
 def test_launcher_configs_set_a_realistic_timeout(launcher, timeout_min):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    cfg = compose([f"hydra/launcher={launcher}"], hydra_config=True)
     assert cfg.hydra.launcher.timeout_min == timeout_min
     assert cfg.hydra.launcher._target_.endswith("LocalLauncher" if launcher == "local" else "SlurmLauncher")
-
-
-def test_the_config_knows_every_probe_plug_in():
-    from phases.config import PROBE_NAMES
-    from phases.probes import PROBES
-
-    # phases.config cannot import the probes (they import torch), so it keeps their names: the same ones.
-    assert tuple(PROBES) == PROBE_NAMES
 
 
 def test_local_launcher_runs_one_job_per_gpu_and_spreads_jobs_over_the_gpus(monkeypatch):
     import torch
 
     from hydra_plugins.phases_launcher import LocalLauncher
-    from phases.device import resolve_device
+    from phases.training.device import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["hydra/launcher=local"], return_hydra_config=True)
+    cfg = compose(["hydra/launcher=local"], hydra_config=True)
     assert cfg.hydra.launcher.max_parallel_jobs == 4 and cfg.hydra.launcher.gpus_per_node == 4
     assert [resolve_device("auto", job).index for job in range(6)] == [0, 1, 2, 3, 0, 1]
     assert resolve_device("cpu", 3) == torch.device("cpu")

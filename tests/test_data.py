@@ -6,17 +6,21 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from phases import data
-from phases.config import ConfigError
-from phases.data import (
+from phases import fetch
+from phases.config.options import dataset_option
+from phases.config.validation import ConfigError
+from phases.training.data import (
     DATASETS,
     GENERATED_DATASETS,
     DataFormatError,
     DataNotFoundError,
     dataset_info,
     load_image_splits,
-    read_idx,
+    transfer_partner,
 )
+from phases.training.data import splits as data_splits
+from phases.training.data.formats import read_idx
+from phases.training.data.prototypes import draw_samples
 from tests.conftest import CONFIG_DIR, DATASET_FOLDERS, write_dataset, write_idx, write_mnist_like
 
 FASHION = OmegaConf.create({"name": "fashion_mnist", "image_size": 32, "mean": [0.281], "std": [0.352],
@@ -81,7 +85,7 @@ def test_missing_data_names_files_folders_and_how_to_get_them(tmp_path, monkeypa
     def no_download(*_):
         raise AssertionError("download attempted without dataset.download=true")
 
-    monkeypatch.setattr(data, "download", no_download)
+    monkeypatch.setattr(data_splits, "download", no_download)
     paths = OmegaConf.create({"data_dir": str(tmp_path / "empty"), "system_data_dir": str(tmp_path / "system")})
     with pytest.raises(DataNotFoundError) as raised:
         load_image_splits(FASHION, paths, 0, torch.device("cpu"))
@@ -100,7 +104,7 @@ def test_download_is_used_only_when_asked(tmp_path, monkeypatch):
         calls.append(name)
         write_mnist_like(tmp_path / "FashionMNIST" / "raw", train=20, test=10)
 
-    monkeypatch.setattr(data, "download", fake_download)
+    monkeypatch.setattr(data_splits, "download", fake_download)
     paths = OmegaConf.create({"data_dir": str(tmp_path), "system_data_dir": None})
     splits = load_image_splits(OmegaConf.merge(FASHION, {"download": True}), paths, 0, torch.device("cpu"))
     assert calls == ["fashion_mnist"] and len(splits.train_labels) == 20
@@ -126,8 +130,7 @@ def test_real_fashion_mnist_system_copy(real_fashion_mnist, tmp_path):
 
 
 def dataset_config(name: str, **changes):
-    return OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "dataset" / f"{name}.yaml"), {"download": False,
-                           "train_size": None, "test_size": None}, changes)
+    return OmegaConf.merge(dataset_option(name), {"download": False, "train_size": None, "test_size": None}, changes)
 
 
 def test_every_registered_dataset_has_a_config():
@@ -165,7 +168,8 @@ def test_every_loader_rejects_a_truncated_file_naming_it(tmp_path, name):
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_missing_dataset_never_downloads_unless_asked(tmp_path, monkeypatch, name):
-    monkeypatch.setattr(data, "download", lambda *_: pytest.fail("download attempted without dataset.download=true"))
+    monkeypatch.setattr(data_splits, "download",
+                        lambda *_: pytest.fail("download attempted without dataset.download=true"))
     with pytest.raises(DataNotFoundError, match=f"dataset.download=true.*{DATASET_FOLDERS[name]}"):
         load_image_splits(dataset_config(name), OmegaConf.create({"data_dir": str(tmp_path), "system_data_dir": None}),
                           0, torch.device("cpu"))
@@ -193,3 +197,41 @@ def test_cifar_channels_are_normalised_separately(tmp_path):
                                torch.device("cpu"))
     red, green = splits.train_images[:, 0], splits.train_images[:, 1]
     assert torch.allclose(red.max(), green.max() / 2, atol=1 / 255)  # the generator halves the red channel
+
+
+def test_transfer_partners_pair_the_datasets_the_paper_transfers_between():
+    pairs = {"fashion_mnist": "mnist", "mnist": "fashion_mnist", "cifar10": "cifar100", "cifar100": "cifar10"}
+    assert {name: transfer_partner(name) for name in pairs} == pairs
+    assert all(transfer_partner(transfer_partner(name)) == name for name in DATASETS)
+
+
+def test_a_dataset_without_a_partner_cannot_switch():
+    with pytest.raises(ConfigError, match="datasets with a partner: .*fashion_mnist -> mnist") as raised:
+        transfer_partner("prototypes")
+    assert raised.value.key == "probe.transfer.tasks" and "dataset_switch" in str(raised.value)
+
+
+def test_an_unknown_atypical_kind_fails_before_drawing():
+    with pytest.raises(ValueError, match="'mislabelled'; expected one of other_prototype, random_direction"):
+        draw_samples(torch.zeros(2, 1, 8, 8), 10, 1.0, 0.1, "mislabelled", torch.Generator())
+
+
+def test_fetch_uses_the_files_already_in_the_data_folder(data_dir, monkeypatch, capsys):
+    monkeypatch.setattr(fetch, "download", lambda *_: pytest.fail("download attempted with the files present"))
+    assert fetch.main([f"paths.data_dir={data_dir}", "paths.system_data_dir=null"]) == 0
+    assert f"fashion_mnist: using {data_dir / 'FashionMNIST' / 'raw'}" in capsys.readouterr().out
+
+
+def test_fetch_names_the_debian_package_when_the_download_fails(tmp_path, monkeypatch, capsys):
+    import torchvision.datasets
+
+    class Offline:
+        def __init__(self, **_):
+            raise RuntimeError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", Offline)
+    overrides = [f"paths.data_dir={tmp_path / 'empty'}", f"paths.system_data_dir={tmp_path / 'system'}"]
+    assert fetch.main(overrides) == 2
+    error = capsys.readouterr().err
+    assert "downloading fashion_mnist failed (RuntimeError: no network)" in error
+    assert "sudo apt-get install dataset-fashion-mnist" in error

@@ -2,9 +2,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from phases.data import DatasetInfo
-from phases.features import collect_activations, frozen
-from phases.models import build_model
+from phases.training.data import DatasetInfo
+from phases.training.features import collect_activations, frozen
+from phases.training.models import build_model
 
 
 def trained_a_little():

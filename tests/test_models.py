@@ -4,11 +4,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from phases.config import ConfigError
-from phases.data import DatasetInfo
-from phases.features import collect_activations
-from phases.models import MODELS, build_model
-from tests.conftest import CONFIG_DIR
+from phases.config.options import CONFIG_DIR, load_option
+from phases.config.validation import ConfigError
+from phases.training.data import DatasetInfo
+from phases.training.features import collect_activations
+from phases.training.models import MODELS, build_model
 
 GRAYSCALE = DatasetInfo(channels=1, classes=10, image_size=32)
 
@@ -59,7 +59,7 @@ DATASET_INFO = {"mnist": DatasetInfo(1, 10, 32), "fashion_mnist": DatasetInfo(1,
 
 
 def arch_config(name: str, **changes):
-    return OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "arch" / f"{name}.yaml"), changes)
+    return OmegaConf.merge(load_option("arch", name), changes)
 
 
 def test_every_registered_arch_has_a_config_and_a_specification():

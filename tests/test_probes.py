@@ -4,22 +4,22 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from phases.data import load_image_splits
-from phases.features import collect_activations, frozen
-from phases.models import build_model
-from phases.probes import (
+from phases.training.data import load_image_splits
+from phases.training.features import collect_activations, frozen
+from phases.training.models import build_model
+from phases.training.output_metrics import SampleLoss
+from phases.training.probes import (
     ClosedFormReconstruction,
     ConvolutionalReconstruction,
     GradientReconstruction,
     LBFGSClassifier,
     ProbeData,
-    SampleLoss,
     SGDClassifier,
     TransferProbe,
     fit_ridge,
 )
-from phases.probes.reconstruction import symmetric_gram
-from phases.probes.transfer import colour_dominance_labels, quadrant_dominance_labels
+from phases.training.probes.reconstruction import symmetric_gram
+from phases.training.probes.transfer import colour_dominance_labels, quadrant_dominance_labels
 
 
 def random_problem(images: int, features: int, outputs: int, seed: int = 0):
@@ -222,8 +222,8 @@ def test_transfer_probe_learns_the_task_and_holds_out_a_validation_split():
 def test_sample_loss_matches_a_direct_computation():
     generator = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(1000, 5, generator=generator) * 3, torch.randint(0, 5, (1000,), generator=generator)
-    data = ProbeData(logits, torch.zeros(1000, 1, 2, 2), labels, (5,))
-    result = metrics(SampleLoss([0.5, 0.9, 0.99], [0.01, 0.1]).fit_and_score(data, data))
+    sample_loss = SampleLoss([0.5, 0.9, 0.99], [0.01, 0.1])
+    result = metrics(sample_loss.measure(logits, labels, "train") + sample_loss.measure(logits, labels, "test"))
     losses = np.array([-np.log(np.exp(row) [label] / np.exp(row).sum()) for row, label in
                        zip(logits.double().numpy(), labels.numpy(), strict=True)])
     for name, quantile in (("loss_p50", 0.5), ("loss_p90", 0.9), ("loss_p99", 0.99)):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from phases.schedule import evaluation_steps
-from phases.store import METRICS_SCHEMA
+from phases.store.metrics import METRICS_SCHEMA
+from phases.training.schedule import evaluation_steps
 from tests.conftest import REPOSITORY
 
 pytestmark = pytest.mark.slow

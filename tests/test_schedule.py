@@ -1,6 +1,6 @@
 import pytest
 
-from phases.schedule import evaluation_steps
+from phases.training.schedule import evaluation_steps
 
 
 def test_default_schedule_is_zero_then_powers_of_two_up_to_max_steps():

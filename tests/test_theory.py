@@ -10,14 +10,15 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from phases.config import ConfigError, dataset_option, validate
-from phases.data import DataNotFoundError, dataset_info, load_image_splits
-from phases.evaluation import evaluation_sets
-from phases.models import build_model
-from phases.probes import ProbeData, SampleLoss
-from phases.prototypes import atypical_count, class_counts, draw_samples
-from phases.schedule import evaluation_steps
-from tests.conftest import CONFIG_DIR, REPOSITORY, write_mnist_like
+from phases.config.options import dataset_option, load_option
+from phases.config.validation import ConfigError, validate
+from phases.training.data import DataNotFoundError, dataset_info, load_image_splits
+from phases.training.data.prototypes import atypical_count, class_counts, draw_samples
+from phases.training.evaluation import evaluation_sets
+from phases.training.models import build_model
+from phases.training.output_metrics import SampleLoss
+from phases.training.schedule import evaluation_steps
+from tests.conftest import REPOSITORY, write_mnist_like
 from tests.test_config import composed, probe_points
 
 NO_FILES = OmegaConf.create({"data_dir": "/nonexistent", "system_data_dir": None})
@@ -111,7 +112,6 @@ def test_generated_data_never_reads_files():
     [
         (["dataset.atypical_fraction=1"], "dataset.atypical_fraction"),
         (["dataset.atypical_fraction=-0.1"], "dataset.atypical_fraction"),
-        (["dataset.atypical_kind=mislabelled"], "dataset.atypical_kind"),
         (["dataset.noise_std=-1"], "dataset.noise_std"),
         (["dataset.classes=1"], "dataset.classes"),
         (["dataset.train_size=null"], "dataset.train_size"),
@@ -144,7 +144,7 @@ def test_the_prototypes_shape_is_checked_before_anything_is_drawn(changes, key, 
 
 def linear(init_scale: float = 1.0, seed: int = 0):
     torch.manual_seed(seed)
-    arch = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "arch" / "linear.yaml"), {"init_scale": init_scale})
+    arch = OmegaConf.merge(load_option("arch", "linear"), {"init_scale": init_scale})
     return build_model(arch, dataset_info(prototypes()))
 
 
@@ -157,7 +157,7 @@ def test_linear_has_no_bias_and_declares_logits_and_softmax():
 
 
 def test_the_output_stays_the_logits_and_the_softmax_point_is_their_softmax():
-    from phases.features import collect_activations
+    from phases.training.features import collect_activations
 
     model = linear().eval()
     images = torch.randn(5, 1, 32, 32)
@@ -178,7 +178,7 @@ def test_init_scale_multiplies_the_default_initial_weights():
 
 
 def test_init_scale_enters_the_run_id():
-    from phases.store import run_id
+    from phases.store.identity import run_id
 
     first, second = composed("arch=linear"), composed("arch=linear", "arch.init_scale=0.1")
     assert run_id(first) != run_id(second) and run_id(first).startswith("fashion_mnist-linear-sgd-s0-")
@@ -190,14 +190,16 @@ def test_sample_loss_splits_majority_and_atypical_as_a_direct_computation():
     generator = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(300, 4, generator=generator) * 3, torch.randint(0, 4, (300,), generator=generator)
     atypical = torch.rand(300, generator=generator) < 0.1
-    data = ProbeData(logits, torch.zeros(300, 1, 2, 2), labels, (4,), atypical)
-    result = {(m.metric, m.split): m.value for m in SampleLoss([0.5], [0.1]).fit_and_score(data, data)}
+    sample_loss = SampleLoss([0.5], [0.1])
+    measured = sample_loss.measure(logits, labels, "train", atypical) + sample_loss.measure(logits, labels, "test",
+                                                                                            atypical)
+    result = {(m.metric, m.split): m.value for m in measured}
     losses = -logits.double().log_softmax(1)[torch.arange(300), labels]
     assert result[("loss_mean_majority", "train")] == pytest.approx(losses[~atypical].mean().item(), rel=1e-6)
     assert result[("loss_mean_atypical", "test")] == pytest.approx(losses[atypical].mean().item(), rel=1e-6)
     # No flag (a real dataset): no split metrics; a split without atypical samples: only the majority's.
-    plain = SampleLoss([0.5], [0.1]).fit_and_score(ProbeData(logits, data.images, labels, (4,)), data)
-    assert not any(m.metric.startswith("loss_mean") and m.split == "train" for m in plain)
+    plain = sample_loss.measure(logits, labels, "train")
+    assert not any(m.metric.startswith("loss_mean") for m in plain)
     no_atypical = SampleLoss([0.5], [0.1]).measure(logits, labels, "train", torch.zeros(300, dtype=torch.bool))
     assert {"loss_mean_majority"} == {m.metric for m in no_atypical if m.metric.startswith("loss_mean")}
 

@@ -1,16 +1,12 @@
 """The paper's figures from the finished runs' metrics (no torch: the analysis side only reads files).
 
-    python -m phases.figures --outputs outputs     # what `make figures` runs: figures, tables, report
-
 Each function of FIGURES draws one figure from one sweep's metrics, seeds aggregated (mean line, band
 of one standard deviation), or returns None when those runs did not measure what it needs. An
-experiment is a dataset, an arch and the settings that vary within the sweep (phases.aggregate).
+experiment is a dataset, an arch and the settings that vary within the sweep (`Runs.settings`).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Callable
 
 import matplotlib
@@ -21,8 +17,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from phases.phase_detection import detect_phases  # noqa: E402
-from phases.tables import classifier_accuracy, reconstruction_curves, seed_spread  # noqa: E402
+from phases.analysis.phase_detection import detect_phases  # noqa: E402
+from phases.analysis.selectors import (  # noqa: E402
+    classifier_accuracy,
+    reconstruction_curves,
+    sample_losses,
+    seed_spread,
+    transfer_curves,
+)
 
 RL_LABEL = "reconstruction loss\n(test MSE per pixel)"
 ACCURACY_COLOUR, PHASE_ONE_COLOUR, MINIMUM_COLOUR = "tab:orange", "tab:green", "black"
@@ -139,7 +141,7 @@ def linear_probe_accuracy(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure 
 def transfer_accuracy(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure | None:
     """Transfer-task test accuracy against step per task, one line per probe point; star: t*, the step
     of best accuracy on the held-out split."""
-    transfer = metrics[metrics["probe"].str.startswith("transfer_") & (metrics["metric"] == "accuracy")]
+    transfer = transfer_curves(metrics)
     if transfer.empty:
         return None
     cells = [(f"{title}: {task.removeprefix('transfer_')}", rows[rows["probe"] == task])
@@ -167,7 +169,7 @@ def transfer_accuracy(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure | No
 def fitting_a_few(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure | None:
     """Per experiment: the penultimate RL, beside the share of the training loss carried by the worst
     samples (and, on a data model with atypical samples, the mean loss of the majority and of the few)."""
-    shares = metrics.query("probe == 'sample_loss' and split == 'train' and metric.str.startswith('loss_share')")
+    shares = sample_losses(metrics, "loss_share")
     if shares.empty:
         return None
     reconstruction = reconstruction_curves(metrics)
@@ -188,7 +190,7 @@ def fitting_a_few(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure | None:
         axes[row, 1].set_title(f"{title}: loss share of the worst samples", fontsize=9)
         axes[row, 1].set_ylabel("share of the total training loss")
         axes[row, 1].legend(title="worst samples", fontsize=7, title_fontsize=7)
-        groups = own.query("probe == 'sample_loss' and split == 'train' and metric.str.startswith('loss_mean')")
+        groups = sample_losses(own, "loss_mean")
         if not groups.empty:
             seed_lines(axes[row, 2], groups.assign(samples=groups["metric"].str.removeprefix("loss_mean_")),
                        hue="samples", marker="o", markersize=3)
@@ -196,7 +198,7 @@ def fitting_a_few(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure | None:
             axes[row, 2].set_ylabel("mean training loss (cross-entropy)")
             axes[row, 2].set_title(f"{title}: the majority and the few", fontsize=9)
         else:
-            quantiles = own.query("probe == 'sample_loss' and split == 'train' and metric.str.startswith('loss_p')")
+            quantiles = sample_losses(own, "loss_p")
             seed_lines(axes[row, 2], quantiles.assign(quantile=quantiles["metric"].str.removeprefix("loss_")),
                        hue="quantile", marker="o", markersize=3)
             axes[row, 2].set_yscale("log")
@@ -250,7 +252,7 @@ def theory(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure | None:
         seed_lines(axes[0, column], logits, hue=fraction, palette=palette, marker="o", markersize=3)
         axes[0, column].set_title(f"init scale {value}: RL of the logits", fontsize=9)
         axes[0, column].set_ylabel(RL_LABEL)
-        losses = rows.query("probe == 'sample_loss' and split == 'train' and metric.str.startswith('loss_mean')")
+        losses = sample_losses(rows, "loss_mean")
         losses = losses.assign(samples=losses["metric"].str.removeprefix("loss_mean_"))
         seed_lines(axes[1, column], losses, hue=fraction, style="samples", style_order=["majority", "atypical"],
                    palette=palette, marker="o", markersize=3)
@@ -275,16 +277,3 @@ FIGURES: dict[str, FigureFunction] = {
     "reconstruction_heatmap": reconstruction_heatmap,
     "theory": theory,
 }
-
-
-def main() -> int:
-    from phases.report import build  # the report module draws through this one
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--outputs", default="outputs", help="paths.outputs of the runs")
-    arguments = parser.parse_args()
-    return build(arguments.outputs)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

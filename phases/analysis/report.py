@@ -1,11 +1,9 @@
-"""`make figures`: every figure and table of the runs under paths.outputs, and one page showing them.
-
-    python -m phases.figures --outputs outputs
+"""build(outputs): every sweep's figures and tables, then report.html, one page showing them all.
 
 Per sweep (the `sweep` recorded in each run.json; runs started directly are "single runs"):
 `figures/<sweep>--<figure>.png|pdf`, `tables/<sweep>--phase_table.csv|md|tex` (and the transfer
 table when runs measured transfer), then `report.html`, which opens offline in a browser. A figure
-is redrawn only when its sweep's metrics or the analysis code changed (fingerprints in
+is redrawn only when its sweep's metrics or the code that draws it changed (fingerprints in
 `figures/manifest.json`); tables and the page are cheap and always rewritten.
 """
 
@@ -20,10 +18,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from phases import figures, phase_detection, store, tables
-from phases.aggregate import Runs, load_runs, summary, write_tables
+from phases.analysis import phase_detection, plots, selectors, tables
+from phases.analysis.runs import Runs, load_runs, summary, write_tables
+from phases.store.files import write_atomically, write_json, write_text
+from phases.store.record import RunStatus, now
 
-ANALYSIS_CODE = (figures, tables, phase_detection)  # a change to any of them redraws every figure
+# The modules a figure is drawn by: a change to any of them redraws every figure.
+FIGURE_CODE = (plots, selectors, phase_detection)
 
 
 def slug(name: str) -> str:
@@ -32,7 +33,7 @@ def slug(name: str) -> str:
 
 def fingerprint(metrics: pd.DataFrame, keys: list[str]) -> str:
     digest = hashlib.sha256()
-    for module in ANALYSIS_CODE:
+    for module in FIGURE_CODE:
         digest.update(Path(module.__file__).read_bytes())
     digest.update(json.dumps(keys).encode())
     rows = metrics.sort_values(["run_id", "step", "layer", "probe", "metric", "split"]).reset_index(drop=True)
@@ -42,9 +43,9 @@ def fingerprint(metrics: pd.DataFrame, keys: list[str]) -> str:
 
 def save_figure(figure: plt.Figure, stem: Path) -> None:
     for suffix in ("png", "pdf"):
-        store.write_atomically(stem.with_suffix(f".{suffix}"),
-                              lambda temporary, kind=suffix: figure.savefig(temporary, format=kind, dpi=130,
-                                                                            bbox_inches="tight"))
+        write_atomically(stem.with_suffix(f".{suffix}"),
+                         lambda temporary, kind=suffix: figure.savefig(temporary, format=kind, dpi=130,
+                                                                       bbox_inches="tight"))
     plt.close(figure)
 
 
@@ -52,7 +53,7 @@ def draw_sweep(metrics: pd.DataFrame, keys: list[str], stem: str, folder: Path, 
     """The sweep's figures as PNG paths, drawing only those whose fingerprint changed."""
     drawn = []
     sweep_fingerprint = fingerprint(metrics, keys)
-    for name, draw in figures.FIGURES.items():
+    for name, draw in plots.FIGURES.items():
         path = folder / f"{stem}--{name}.png"
         known = manifest.get(path.name)
         if known and known["fingerprint"] == sweep_fingerprint and (not known["drawn"] or path.is_file()):
@@ -79,7 +80,7 @@ def sweep_tables(metrics: pd.DataFrame, keys: list[str], stem: str, folder: Path
 
 
 def caption(name: str) -> str:
-    return " ".join((figures.FIGURES[name].__doc__ or name).split())
+    return " ".join((plots.FIGURES[name].__doc__ or name).split())
 
 
 PAGE_SCRIPT = """<script>
@@ -108,7 +109,7 @@ def sweep_section(sweep: str, runs: Runs, pictures: list[Path], built: dict[str,
     own = runs.runs[runs.runs["sweep"] == sweep]
     counts = ", ".join(f"{count} {status}" for status, count in own["status"].value_counts().sort_index().items())
     parts = [f'<h2 id="{html.escape(slug(sweep))}">{html.escape(sweep)}</h2>', f"<p>{len(own)} runs: {counts}.</p>"]
-    left_out = own[own["status"] != "done"]
+    left_out = own[own["status"] != RunStatus.done.value]
     if not left_out.empty:
         parts.append('<p class="left-out">Left out of the figures and tables:</p><ul class="left-out">')
         parts += [f"<li>{html.escape(row.run_id)}: {html.escape(str(row.status))}"
@@ -130,14 +131,16 @@ def write_report(outputs: Path, sections: dict[str, str]) -> Path:
     page = "\n".join(["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
                       "<title>phases: figures and tables</title>", PAGE_STYLE, "</head><body>",
                       f"<h1>Learning phases: the runs under {html.escape(str(outputs))}</h1>",
-                      f"<p>Written {store.now()} by <code>make figures</code>. Sweeps: {index}</p>",
+                      f"<p>Written {now()} by <code>make figures</code>. Sweeps: {index}</p>",
                       *sections.values(), PAGE_SCRIPT, "</body></html>"])
     path = outputs / "report.html"
-    store.write_text(path, page)
+    write_text(path, page)
     return path
 
 
 def build(outputs: Path | str) -> int:
+    """Figures, tables and report.html of every run under `outputs`; the exit status (0 also when there
+    are no finished runs yet: that is said, not an error)."""
     outputs = Path(outputs)
     runs = load_runs(outputs)
     if runs.metrics.empty:
@@ -147,7 +150,7 @@ def build(outputs: Path | str) -> int:
         return 0
     print(summary(runs))
     write_tables(runs, outputs)
-    figures.style()
+    plots.style()
     manifest_path = outputs / "figures" / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     sections = {}
@@ -161,6 +164,6 @@ def build(outputs: Path | str) -> int:
             pictures = draw_sweep(metrics, keys, slug(sweep), outputs / "figures", manifest)
             built = sweep_tables(metrics, keys, slug(sweep), outputs / "tables")
         sections[sweep] = sweep_section(sweep, runs, pictures, built)
-    store.write_json(manifest_path, manifest)
+    write_json(manifest_path, manifest)
     print(f"wrote {write_report(outputs, sections)}")
     return 0

@@ -1,7 +1,5 @@
 """Every run's metrics in one tidy table (no torch: the analysis side only reads files).
 
-    python -m phases.aggregate --outputs outputs     # prints the runs found, writes <outputs>/tables/
-
 Reads `<outputs>/runs/*/metrics.parquet`, checks each file's schema against the one runs write,
 attaches each run's status, sweep and settings (from run.json and config.yaml) and writes
 `tables/metrics.parquet` (the finished runs' rows) and `tables/runs.csv` (every run, its status and
@@ -10,21 +8,25 @@ why it is left out). Runs that failed, are unfinished or unreadable are listed, 
 
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import yaml
 
-from phases import store
+from phases.store.files import write_atomically
+from phases.store.identity import NON_RESULT_KEYS
+from phases.store.metrics import read_metrics
+from phases.store.record import CONFIG_FILE, METRICS_FILE, RECORD_FILE, RunRecord, RunStatus, run_folders
 
 # Settings that never tell two experiments apart (the seed is what seeds aggregate over; the rest is
 # where or how fast a run happened, or a name repeated in the metrics' own columns).
-NOT_SETTINGS = ("seed", "dataset.name", "arch.name", *store.NON_RESULT_KEYS)
+NOT_SETTINGS = ("seed", "dataset.name", "arch.name", *NON_RESULT_KEYS)
 NO_SWEEP = "single runs"  # runs started by `python -m phases.run` / `make demo`, not by `make sweep-<name>`
+# Statuses only the analysis gives, beside RunStatus's: no run.json it can read, or a done run whose
+# metrics.parquet or config.yaml it cannot use.
+UNREADABLE, INVALID = "unreadable", "invalid"
+RUN_COLUMNS = ("run_id", "sweep", "status", "reason", "started_at", "ended_at", "training_time_s", "probing_time_s")
 
 
 @dataclass
@@ -32,10 +34,6 @@ class Runs:
     metrics: pd.DataFrame  # rows of finished runs, with `sweep` and one column per setting that varies
     runs: pd.DataFrame  # one row per run folder: run_id, sweep, status, reason, wall times
     settings: dict[str, list[str]]  # per sweep: the setting columns that vary between its runs
-
-
-def run_folders(outputs: Path) -> list[Path]:
-    return sorted(path for path in (outputs / "runs").glob("*") if path.is_dir())
 
 
 def flatten(node: dict, prefix: str = "") -> dict[str, object]:
@@ -54,37 +52,27 @@ def is_setting(key: str) -> bool:
     return not key.endswith("_target_") and not any(key == skip or key.startswith(f"{skip}.") for skip in NOT_SETTINGS)
 
 
-def read_metrics(path: Path) -> pd.DataFrame:
-    """One run's metrics, after checking the file has exactly the schema runs write."""
-    # Through one open file: a run may replace metrics.parquet at any moment, and pyarrow given a path
-    # can open it twice (footer, then data) and mix two versions.
-    with open(path, "rb") as handle:
-        table = pq.read_table(handle)
-    if not table.schema.equals(store.METRICS_SCHEMA):
-        expected = ", ".join(f"{field.name}: {field.type}" for field in store.METRICS_SCHEMA)
-        found = ", ".join(f"{field.name}: {field.type}" for field in table.schema)
-        raise ValueError(f"{path} has columns ({found}); runs write ({expected})")
-    return table.to_pandas()
-
-
 def inspect_run(folder: Path) -> tuple[dict, pd.DataFrame | None, dict]:
     """(the run's row for runs.csv, its metrics if it is finished and readable, its flat settings)."""
     try:
-        record = json.loads((folder / "run.json").read_text())
+        record = RunRecord.read(folder)
     except (OSError, ValueError) as error:
-        record = {"status": "unreadable", "error": f"run.json: {error}"}
-    row = {"run_id": folder.name, "sweep": record.get("sweep") or NO_SWEEP, "status": record.get("status", "unknown"),
-           "reason": record.get("error"), "started_at": record.get("started_at"), "ended_at": record.get("ended_at"),
-           "training_time_s": record.get("training_time_s"), "probing_time_s": record.get("probing_time_s")}
-    if row["status"] != "done":
+        row = dict.fromkeys(RUN_COLUMNS) | {"run_id": folder.name, "sweep": NO_SWEEP, "status": UNREADABLE,
+                                            "reason": f"{RECORD_FILE}: {error}"}
+        return row, None, {}
+    # The status as its plain text: runs.csv and the report show "done", not the enum's name.
+    row = {"run_id": folder.name, "sweep": record.sweep or NO_SWEEP, "status": record.status.value,
+           "reason": record.error, "started_at": record.started_at, "ended_at": record.ended_at,
+           "training_time_s": record.training_time_s, "probing_time_s": record.probing_time_s}
+    if record.status is not RunStatus.done:
         row["reason"] = row["reason"] or ("running or interrupted: rerun its command to resume"
-                                          if row["status"] == "running" else None)
+                                          if record.status is RunStatus.running else None)
         return row, None, {}
     try:
-        metrics = read_metrics(folder / "metrics.parquet")
-        settings = flatten(yaml.safe_load((folder / "config.yaml").read_text()) or {})
+        metrics = read_metrics(folder / METRICS_FILE)
+        settings = flatten(yaml.safe_load((folder / CONFIG_FILE).read_text()) or {})
     except (OSError, ValueError, yaml.YAMLError) as error:
-        row.update(status="invalid", reason=str(error))
+        row.update(status=INVALID, reason=str(error))
         return row, None, {}
     return row, metrics, {key: value for key, value in settings.items() if is_setting(key)}
 
@@ -98,8 +86,7 @@ def load_runs(outputs: Path) -> Runs:
             metrics["sweep"] = row["sweep"]
             tables.append(metrics)
             settings_of[folder.name] = settings
-    runs = pd.DataFrame(rows, columns=["run_id", "sweep", "status", "reason", "started_at", "ended_at",
-                                       "training_time_s", "probing_time_s"])
+    runs = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
     if not tables:
         return Runs(pd.DataFrame(), runs, {})
     metrics = pd.concat(tables, ignore_index=True)
@@ -124,11 +111,11 @@ def write_tables(runs: Runs, outputs: Path) -> list[Path]:
     folder = outputs / "tables"
     folder.mkdir(parents=True, exist_ok=True)
     written = [folder / "runs.csv"]
-    store.write_atomically(written[0], lambda temporary: runs.runs.to_csv(temporary, index=False))
+    write_atomically(written[0], lambda temporary: runs.runs.to_csv(temporary, index=False))
     if not runs.metrics.empty:
         written.append(folder / "metrics.parquet")
         frame = runs.metrics.astype({key: str for keys in runs.settings.values() for key in keys})
-        store.write_atomically(written[1], lambda temporary: frame.to_parquet(temporary, index=False))
+        write_atomically(written[1], lambda temporary: frame.to_parquet(temporary, index=False))
     return written
 
 
@@ -137,26 +124,9 @@ def summary(runs: Runs) -> str:
     if runs.runs.empty:
         return "no runs"
     lines = [runs.runs.groupby(["sweep", "status"]).size().rename("runs").to_string()]
-    left_out = runs.runs[runs.runs["status"] != "done"]
+    left_out = runs.runs[runs.runs["status"] != RunStatus.done.value]
     if not left_out.empty:
         lines.append(f"{len(left_out)} run(s) left out of figures and tables:")
         lines += [f"  {row.run_id} ({row.sweep}): {row.status}" + (f": {row.reason}" if row.reason else "")
                   for row in left_out.itertuples()]
     return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--outputs", type=Path, default=Path("outputs"), help="paths.outputs of the runs")
-    arguments = parser.parse_args()
-    runs = load_runs(arguments.outputs)
-    if runs.runs.empty:
-        print(f"no runs under {arguments.outputs / 'runs'}: make some with `make demo` or `make sweep-smoke`")
-        return
-    print(summary(runs))
-    for path in write_tables(runs, arguments.outputs):
-        print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()

@@ -17,22 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from phases import store
-from phases.phase_detection import detect_phases
-
-
-def reconstruction_curves(metrics: pd.DataFrame) -> pd.DataFrame:
-    return metrics.query("probe == 'reconstruction' and metric == 'mse' and split == 'test'")
-
-
-def classifier_accuracy(metrics: pd.DataFrame) -> pd.DataFrame:
-    return metrics.query("probe == 'classifier' and metric == 'accuracy' and split == 'test'")
-
-
-def seed_spread(curve: pd.DataFrame) -> float:
-    """Mean over steps of the standard deviation across seeds (0 with one seed)."""
-    by_seed = curve.pivot_table(index="step", columns="seed", values="value")
-    return float(by_seed.std(axis=1, ddof=1).mean()) if by_seed.shape[1] > 1 else 0.0
+from phases.analysis.phase_detection import detect_phases
+from phases.analysis.selectors import classifier_accuracy, reconstruction_curves, seed_spread, transfer_curves
+from phases.store.files import write_atomically
 
 
 def _mean_and_std(per_seed: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -70,9 +57,8 @@ def phase_table(metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 def transfer_table(metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """One row per experiment, probe point and transfer task; numeric, mean and std over seeds."""
-    transfer = metrics[metrics["probe"].str.startswith("transfer_") & (metrics["metric"] == "accuracy")]
     rows = []
-    for group, runs in transfer.groupby([*keys, "layer", "probe"], dropna=False, sort=True):
+    for group, runs in transfer_curves(metrics).groupby([*keys, "layer", "probe"], dropna=False, sort=True):
         for seed, run in runs.groupby("seed"):
             by_split = run.pivot_table(index="step", columns="split", values="value").sort_index()
             chosen = by_split["val"].idxmax() if "val" in by_split else np.nan  # earliest of equal bests
@@ -132,6 +118,6 @@ def write_table(table: pd.DataFrame, path_stem: Path) -> list[Path]:
     paths = []
     for suffix, write in writers.items():
         path = path_stem.with_suffix(suffix)
-        store.write_atomically(path, write)
+        write_atomically(path, write)
         paths.append(path)
     return paths

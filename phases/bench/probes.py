@@ -1,7 +1,7 @@
 """Probe-solver benchmark: each default solver against the published recipe, on the same activations.
 
-    python -m phases.bench_probes                  # part of `make bench`
-    python -m phases.bench_probes --steps 512 --train-images 10000
+    python -m phases.bench.probes                  # part of `make bench`
+    python -m phases.bench.probes --steps 512 --train-images 10000
 
 Trains VGG-8 on the real Fashion-MNIST for `--steps` updates (cached under
 <outputs>/bench/), extracts the penultimate layer (block5, 512-d) and an early layer (block3,
@@ -19,22 +19,22 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra import compose, initialize_config_dir
 
-from phases.bench import synchronise
-from phases.config import CONFIG_DIR
-from phases.data import dataset_info, load_image_splits, seeded_subset
-from phases.device import autocast, place_model, resolve_device
-from phases.features import collect_activations, frozen
-from phases.models import build_model
-from phases.probes import (
+from phases.bench.training_step import synchronise
+from phases.config.compose import compose
+from phases.config.schema import BatchNormMode
+from phases.training.data import dataset_info, load_image_splits, seeded_subset
+from phases.training.device import autocast, place_model, resolve_device
+from phases.training.features import collect_activations, frozen
+from phases.training.models import build_model
+from phases.training.probes import (
     ClosedFormReconstruction,
     GradientReconstruction,
     LBFGSClassifier,
     ProbeData,
     SGDClassifier,
 )
-from phases.train import TrainingStep
+from phases.training.train import TrainingStep
 
 LAYERS = ("block5", "block3")
 
@@ -74,8 +74,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     arguments = parser.parse_args()
     device = resolve_device(arguments.device)
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config")
+    cfg = compose()
     splits = load_image_splits(cfg.dataset, cfg.paths, cfg.seed, device)
     model = trained_vgg8(cfg, splits, arguments.steps,
                          arguments.outputs / "bench" / f"vgg8-fashion_mnist-{arguments.steps}steps.pt", device)
@@ -84,7 +83,8 @@ def main() -> None:
     shapes = model.probe_shapes((dataset_info(cfg.dataset).channels, 32, 32))
     data = {}
     train_rows, test_rows = train_rows.to(device), test_rows.to(device)
-    with autocast(device), frozen(model, "precise_eval", splits.train_images[train_rows[:2000]], batch_size=256):
+    calibration = splits.train_images[train_rows[:2000]]
+    with autocast(device), frozen(model, BatchNormMode.precise_eval, calibration, batch_size=256):
         for split, images, labels in (("train", splits.train_images[train_rows], splits.train_labels[train_rows]),
                                       ("test", splits.test_images[test_rows], splits.test_labels[test_rows])):
             features = collect_activations(model, images, list(LAYERS), batch_size=256)

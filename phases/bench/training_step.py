@@ -1,7 +1,7 @@
 """Training-speed benchmark: our training step against a bare PyTorch loop, side by side in one process.
 
-    python -m phases.bench                                  # every arch at width 1 and 0.25 (make bench)
-    python -m phases.bench --archs vgg8 resnet18 --widths 0.25 --repeats 5
+    python -m phases.bench.training_step                    # every arch at width 1 and 0.25 (make bench)
+    python -m phases.bench.training_step --archs vgg8 resnet18 --widths 0.25 --repeats 5
 
 For each arch and width: the same model, optimizer (the run's SGD), batch size and batches, timed
 alternately with our `TrainingStep` and with the four lines of a bare loop; the table shows images/s
@@ -21,14 +21,13 @@ from collections.abc import Callable
 import hydra
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from torch.utils.flop_counter import FlopCounterMode
 
-from phases.config import CONFIG_DIR
-from phases.data import DatasetInfo
-from phases.device import autocast, place_model, resolve_device, uses_channels_last
-from phases.models import MODELS, build_model
-from phases.train import TrainingStep
+from phases.config.compose import compose
+from phases.training.data import DatasetInfo
+from phases.training.device import autocast, place_model, resolve_device, uses_channels_last
+from phases.training.models import MODELS, build_model
+from phases.training.train import TrainingStep
 
 INFO = DatasetInfo(channels=3, classes=10, image_size=32)
 
@@ -76,8 +75,7 @@ def images_per_second(step: Callable, batches: list, steps: int, device: torch.d
 
 
 def benchmark(arch: str, width: float, device: torch.device, batch_size: int, seconds: float, repeats: int) -> dict:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"arch={arch}", f"arch.width={width}"])
+    cfg = compose([f"arch={arch}", f"arch.width={width}"])
     torch.manual_seed(0)
     model = place_model(build_model(cfg.arch, INFO), device).train()
     optimizer = hydra.utils.instantiate(cfg.optimizer, params=model.parameters())

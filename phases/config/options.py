@@ -20,9 +20,13 @@ def schema_of(option: DictConfig) -> type:
     raise ValueError(f"the option's defaults list {list(option.get('defaults', []))} names no schema")
 
 
-def dataset_option(name: str) -> DictConfig:
-    """conf/dataset/<name>.yaml on its schema (usable inside a running Hydra app, unlike compose)."""
-    option = OmegaConf.load(CONFIG_DIR / "dataset" / f"{name}.yaml")
+def load_option(group: str, name: str) -> DictConfig:
+    """conf/<group>/<name>.yaml on its schema (usable inside a running Hydra app, unlike compose)."""
+    option = OmegaConf.load(CONFIG_DIR / group / f"{name}.yaml")
     schema = schema_of(option)
     option.pop("defaults", None)
     return OmegaConf.merge(OmegaConf.structured(schema), option)
+
+
+def dataset_option(name: str) -> DictConfig:
+    return load_option("dataset", name)

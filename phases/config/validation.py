@@ -49,7 +49,8 @@ def _prototypes(node: DictConfig, key: str) -> None:
     for size in ("train_size", "test_size"):
         require(node[size] is not None and node[size] >= node.classes, f"{key}.{size}", node[size],
                 f"the number of samples to generate, at least one per class (>= {node.classes})")
-    require(node.noise_std >= 0, f"{key}.noise_std", node.noise_std, "a standard deviation >= 0 (normalised pixel units)")
+    require(node.noise_std >= 0, f"{key}.noise_std", node.noise_std,
+            "a standard deviation >= 0 (normalised pixel units)")
     require(0 <= node.atypical_fraction < 1, f"{key}.atypical_fraction", node.atypical_fraction,
             "a fraction in [0, 1) of every class's samples")
 

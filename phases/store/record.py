@@ -20,7 +20,11 @@ from typing import Any
 
 from phases.store.files import write_json
 
+# The files of a run folder.
 RECORD_FILE = "run.json"
+CONFIG_FILE = "config.yaml"  # the resolved config
+METRICS_FILE = "metrics.parquet"  # phases.store.metrics
+CHECKPOINT_FILE = "checkpoint.pt"  # only while the run is unfinished: what a rerun resumes from
 
 
 class RunStatus(str, Enum):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from phases.config import ConfigError
+from phases.config.validation import ConfigError
 
 
 def resolve_device(name: str, job_number: int = 0) -> torch.device:

@@ -1,9 +1,10 @@
 """What happens at an evaluation step: the classifier's own metrics, then every probe on every point.
 
-Per split, one forward pass (frozen network, no_grad) collects the activations of all probed points
-for the probe images; the classifier's metrics come from the logits of that same pass, extended to
-more images with a logits-only pass. Every probe reuses the cached activations. When a transfer
-probe switches datasets, the paired dataset's probe images get one such pass too.
+The Evaluator measures named datasets: "own" (the run's dataset) and, when a dataset-switch transfer
+probe needs it, "transfer_partner". Per dataset and split, one forward pass (frozen network, no_grad)
+collects the activations of all probed points for the probe images; on the run's own dataset the
+logits of that pass are extended to the classifier's evaluation images with a logits-only pass.
+Every probe reuses the cached activations.
 """
 
 from __future__ import annotations
@@ -13,16 +14,27 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from phases.config import ConfigError
-from phases.data import ImageSplits, seeded_subset, subset_generator
-from phases.device import autocast
-from phases.features import collect_activations, frozen, pooled_shape
-from phases.models import ProbedNetwork
-from phases.probes import ProbeData, build_probes
-from phases.train import DivergenceError
+from phases.config.schema import BatchNormMode
+from phases.config.validation import ConfigError
+from phases.training.data import ImageSplits, seeded_subset, subset_generator
+from phases.training.device import autocast
+from phases.training.features import collect_activations, frozen, pooled_shape
+from phases.training.models import ProbedNetwork
+from phases.training.output_metrics import OUTPUT_METRICS, build_output_metrics, classifier_measurements
+from phases.training.probes import PROBES, ProbeData, build_probes
+from phases.training.train import DivergenceError
+
+OWN_DATASET = "own"
+
+
+def check_enabled(enabled: list[str]) -> None:
+    """`probe.enabled` names layer probes and output metrics; their registries are the lists of names."""
+    known = [*PROBES, *OUTPUT_METRICS]
+    for name in enabled:
+        if name not in known:
+            raise ConfigError("probe.enabled", name, f"probes and output metrics from {', '.join(known)}")
 
 
 @dataclass
@@ -35,30 +47,24 @@ class EvaluationSet:
     atypical: torch.Tensor | None = None  # generated data models only: which samples are the atypical few
 
 
-@dataclass
-class Activations:
-    """One split's pass: the logits of every image of its set, and each probed point's activations
-    (flattened) on the probe images."""
-
-    logits: torch.Tensor
-    labels: torch.Tensor
-    probe_data: dict[str, ProbeData]
-
-
 def probe_counts(splits: ImageSplits, probe_cfg: DictConfig) -> tuple[int, int]:
     """How many train and test images the probes read (probe.train_size/test_size, null = the whole split)."""
     train_total, test_total = len(splits.train_labels), len(splits.test_labels)
     return min(probe_cfg.train_size or train_total, train_total), min(probe_cfg.test_size or test_total, test_total)
 
 
-def evaluation_sets(splits: ImageSplits, probe_cfg: DictConfig, seed: int) -> dict[str, EvaluationSet]:
-    """Seeded, fixed for the whole run, so every step measures the same images."""
+def evaluation_sets(splits: ImageSplits, probe_cfg: DictConfig, seed: int,
+                    probe_images_only: bool = False) -> dict[str, EvaluationSet]:
+    """Seeded, fixed for the whole run, so every step measures the same images. With
+    `probe_images_only` (a dataset only probes read), each set holds just its probe images."""
     train_total, test_total = len(splits.train_labels), len(splits.test_labels)
     probe_train, probe_test = probe_counts(splits, probe_cfg)
     train_count = min(train_total, max(probe_cfg.classifier_train_size, probe_train))
     train_indices = seeded_subset(train_total, train_count, seed, "evaluation.train")
     # The whole test split, shuffled, so its first rows are a seeded probe subset.
     test_indices = torch.randperm(test_total, generator=subset_generator(seed, "evaluation.test"))
+    if probe_images_only:
+        train_indices, test_indices = train_indices[:probe_train], test_indices[:probe_test]
     device = splits.train_images.device
     train_indices, test_indices = train_indices.to(device), test_indices.to(device)
     return {
@@ -73,11 +79,10 @@ def _select(flags: torch.Tensor | None, indices: torch.Tensor) -> torch.Tensor |
     return None if flags is None else flags[indices]
 
 
-def check_activation_memory(model: ProbedNetwork, splits: ImageSplits, probe_cfg: DictConfig,
-                            datasets: int = 1) -> float:
+def check_activation_memory(model: ProbedNetwork, datasets: dict[str, ImageSplits], probe_cfg: DictConfig) -> float:
     """GB of activations one evaluation step holds; fails (before any training) above the limit."""
-    images = sum(probe_counts(splits, probe_cfg)) * datasets
-    shapes = model.probe_shapes(tuple(splits.train_images.shape[1:]))
+    images = sum(sum(probe_counts(splits, probe_cfg)) for splits in datasets.values())
+    shapes = model.probe_shapes(tuple(datasets[OWN_DATASET].train_images.shape[1:]))
     features = sum(math.prod(pooled_shape(shapes[layer], probe_cfg.spatial_pool))
                    for layer in model.resolve_points(probe_cfg.layers))
     needed = images * features * 4 / 1e9
@@ -90,53 +95,64 @@ def check_activation_memory(model: ProbedNetwork, splits: ImageSplits, probe_cfg
     return needed
 
 
+@dataclass
+class Activations:
+    """One split's pass: the logits of every image of its set, and each probed point's activations
+    (flattened) on the probe images."""
+
+    logits: torch.Tensor
+    probe_data: dict[str, ProbeData]
+
+
 class Evaluator:
-    def __init__(self, model: ProbedNetwork, splits: ImageSplits, probe_cfg: DictConfig, seed: int,
-                 training_batch_size: int, other_splits: ImageSplits | None = None):
+    def __init__(self, model: ProbedNetwork, datasets: dict[str, ImageSplits], probe_cfg: DictConfig, seed: int,
+                 training_batch_size: int):
+        """`datasets` by name: "own" (required) and the others its probes read, e.g. "transfer_partner"."""
+        own = datasets[OWN_DATASET]
         self.model = model
-        self.sets = evaluation_sets(splits, probe_cfg, seed)
-        self.other_sets = evaluation_sets(other_splits, probe_cfg, seed) if other_splits is not None else None
+        self.sets = {name: evaluation_sets(splits, probe_cfg, seed, probe_images_only=name != OWN_DATASET)
+                     for name, splits in datasets.items()}
         self.layers = model.resolve_points(probe_cfg.layers)
         self.depths = {**model.probe_depths(), "output": 1.0}
         self.spatial_pool = probe_cfg.spatial_pool
         self.shapes = {point: pooled_shape(shape, self.spatial_pool)
-                       for point, shape in model.probe_shapes(tuple(splits.train_images.shape[1:])).items()}
-        self.probes = build_probes(probe_cfg, seed, splits.info)
-        if any(probe.data_source == "other_dataset" for probe in self.probes) and other_splits is None:
-            raise ValueError("a dataset_switch transfer probe needs the paired dataset's splits")
+                       for point, shape in model.probe_shapes(tuple(own.train_images.shape[1:])).items()}
+        self.probes = build_probes(probe_cfg, seed, own.info)
+        self.output_metrics = build_output_metrics(probe_cfg)
+        missing = {probe.dataset for probe in self.probes} - set(datasets)
+        if missing:
+            raise ValueError(f"probes read the datasets {sorted(missing)}, which were not given")
         self.bn_mode = probe_cfg.bn_mode
         self.calibration_size = probe_cfg.calibration_size
         # Batch statistics depend on the batch: extract with the training batch size, as the script does.
-        self.batch_size = training_batch_size if self.bn_mode == "train" else probe_cfg.batch_size
+        self.batch_size = training_batch_size if self.bn_mode == BatchNormMode.train else probe_cfg.batch_size
 
-    def _pass(self, split: EvaluationSet, classifier_images: bool = True) -> Activations:
-        """With `classifier_images`, the logits also cover the set's images beyond the probe images
-        (the classifier's own metrics); the paired dataset of a transfer probe needs only probe images."""
+    def _pass(self, split: EvaluationSet) -> Activations:
+        """The probe images' activations at every probed point, and logits for all of the set's images."""
         probed_images = split.images[: split.probe_count]
         points = list(dict.fromkeys([*self.layers, "logits"]))
         activations = collect_activations(self.model, probed_images, points, self.batch_size, self.spatial_pool)
         logits = activations["logits"]
-        if classifier_images and split.probe_count < len(split.images):
+        if split.probe_count < len(split.images):
             rest = collect_activations(self.model, split.images[split.probe_count :], ["logits"], self.batch_size)
             logits = torch.cat([logits, rest["logits"]])
         labels = split.labels[: split.probe_count]
         atypical = None if split.atypical is None else split.atypical[: split.probe_count]
         probe_data = {layer: ProbeData(activations[layer], probed_images, labels, self.shapes[layer], atypical)
                       for layer in self.layers}
-        return Activations(logits, split.labels, probe_data)
+        return Activations(logits, probe_data)
 
     def __call__(self) -> list[dict[str, Any]]:
         """Rows of (layer, depth, probe, metric, split, value) for the model as it is now.
 
         The classifier's own metrics come from the same frozen network as the probes' activations.
         """
-        calibration = self.sets["train"].images[: min(self.sets["train"].probe_count, self.calibration_size)]
+        own_sets = self.sets[OWN_DATASET]
+        calibration = own_sets["train"].images[: min(own_sets["train"].probe_count, self.calibration_size)]
         with autocast(calibration.device), frozen(self.model, self.bn_mode, calibration, self.batch_size):
-            own = {split: self._pass(evaluation_set) for split, evaluation_set in self.sets.items()}
-            other = ({split: self._pass(evaluation_set, classifier_images=False)
-                      for split, evaluation_set in self.other_sets.items()}
-                     if self.other_sets is not None else None)
-        for split, activations in own.items():
+            passes = {name: {split: self._pass(evaluation_set) for split, evaluation_set in sets.items()}
+                      for name, sets in self.sets.items()}
+        for split, activations in passes[OWN_DATASET].items():
             for layer, data in activations.probe_data.items():
                 # Diverged weights can give inf activations before the training loss is read as NaN:
                 # say so, instead of a probe's solver failing on them.
@@ -144,26 +160,20 @@ class Evaluator:
                     raise DivergenceError(f"activations of {layer} on {split} images are not finite: the network "
                                           "diverged (e.g. optimizer.lr too large)")
         rows: list[dict[str, Any]] = []
-        for split, activations in own.items():
-            rows.append(self._row("output", "classifier", "accuracy", split,
-                                  (activations.logits.argmax(1) == activations.labels).float().mean().item()))
-            rows.append(self._row("output", "classifier", "cross_entropy", split,
-                                  F.cross_entropy(activations.logits, activations.labels).item()))
+        for split, activations in passes[OWN_DATASET].items():
+            rows += [self._row("output", "classifier", measurement)
+                     for measurement in classifier_measurements(activations.logits, own_sets[split].labels, split)]
         for probe in self.probes:
-            if probe.scope == "output":
-                inputs = {split: ProbeData(activations.logits, self.sets[split].images, activations.labels,
-                                           (activations.logits.shape[1],), self.sets[split].atypical)
-                          for split, activations in own.items()}
-                rows += [self._row("output", probe.name, measurement.metric, measurement.split, measurement.value)
-                         for measurement in probe.fit_and_score(inputs["train"], inputs["test"])]
-                continue
-            source = other if probe.data_source == "other_dataset" else own
+            source = passes[probe.dataset]
             for layer in self.layers:
-                for measurement in probe.fit_and_score(source["train"].probe_data[layer],
-                                                       source["test"].probe_data[layer]):
-                    rows.append(self._row(layer, probe.name, measurement.metric, measurement.split, measurement.value))
+                rows += [self._row(layer, probe.name, measurement) for measurement
+                         in probe.fit_and_score(source["train"].probe_data[layer], source["test"].probe_data[layer])]
+        for metric in self.output_metrics:
+            for split, activations in passes[OWN_DATASET].items():
+                rows += [self._row("output", metric.name, measurement) for measurement in
+                         metric.measure(activations.logits, own_sets[split].labels, split, own_sets[split].atypical)]
         return rows
 
-    def _row(self, layer: str, probe: str, metric: str, split: str, value: float) -> dict[str, Any]:
-        return {"layer": layer, "depth": self.depths[layer], "probe": probe, "metric": metric, "split": split,
-                "value": float(value)}
+    def _row(self, layer: str, probe: str, measurement) -> dict[str, Any]:
+        return {"layer": layer, "depth": self.depths[layer], "probe": probe, "metric": measurement.metric,
+                "split": measurement.split, "value": float(measurement.value)}

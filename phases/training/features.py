@@ -9,17 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from phases.models import ProbedNetwork
-
-# How BatchNorm layers normalise while activations are extracted (probe.bn_mode):
-#   precise_eval - eval mode, with population statistics recomputed at the current weights;
-#   eval         - eval mode with the running statistics as training left them;
-#   train        - batch statistics, as the published script extracts (its quirk).
-BN_MODES = ("precise_eval", "eval", "train")
+from phases.config.schema import BatchNormMode
+from phases.training.models import ProbedNetwork
 
 
 @contextmanager
-def frozen(model: nn.Module, bn_mode: str, calibration_images: torch.Tensor, batch_size: int) -> Iterator[None]:
+def frozen(model: nn.Module, bn_mode: BatchNormMode, calibration_images: torch.Tensor,
+           batch_size: int) -> Iterator[None]:
     """The model ready for extraction in `bn_mode`; its training state is restored afterwards.
 
     Why `precise_eval` exists: running statistics start at mean 0 / variance 1 and follow the
@@ -27,13 +23,14 @@ def frozen(model: nn.Module, bn_mode: str, calibration_images: torch.Tensor, bat
     a network whose normalisation lags its weights, a network that is never trained. Recomputing
     the statistics on `calibration_images` (PreciseBN) measures the network as it is now.
     """
+    bn_mode = BatchNormMode(bn_mode)  # a caller's unknown mode fails here, naming it
     norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
     saved = [(norm.running_mean.clone(), norm.running_var.clone(), norm.num_batches_tracked.clone(), norm.momentum)
              for norm in norms]
     was_training = model.training
     model.eval()
     try:
-        if bn_mode == "precise_eval" and norms:
+        if bn_mode == BatchNormMode.precise_eval and norms:
             for norm in norms:
                 norm.reset_running_stats()
                 norm.momentum = None  # a cumulative average over the calibration batches
@@ -43,12 +40,10 @@ def frozen(model: nn.Module, bn_mode: str, calibration_images: torch.Tensor, bat
                     model(calibration_images[start : start + batch_size])
             for norm in norms:
                 norm.eval()
-        elif bn_mode == "train":
+        elif bn_mode == BatchNormMode.train:
             for norm in norms:
                 norm.momentum = 0.0  # normalise with batch statistics but leave running statistics as they are
                 norm.train()
-        elif bn_mode not in BN_MODES:
-            raise ValueError(f"bn_mode={bn_mode!r}; expected one of {', '.join(BN_MODES)}")
         yield
     finally:
         for norm, (mean, variance, batches, momentum) in zip(norms, saved, strict=True):

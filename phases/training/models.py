@@ -15,8 +15,8 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 from torchvision.ops import Conv2dNormActivation
 
-from phases.config import ConfigError
-from phases.data import DatasetInfo
+from phases.config.validation import ConfigError
+from phases.training.data import DatasetInfo
 
 
 class ProbedNetwork(nn.Sequential):

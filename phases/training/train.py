@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from phases.data import ImageSplits
-from phases.device import autocast, uses_channels_last
-from phases.schedule import evaluation_steps
+from phases.training.data import ImageSplits
+from phases.training.device import autocast, uses_channels_last
+from phases.training.schedule import evaluation_steps
 
 
 class DivergenceError(RuntimeError):

@@ -7,8 +7,9 @@ An atypical sample of class c, still labelled c, is centred elsewhere, then gets
   other_prototype  - on the prototype of another class (uniform among the other classes);
   random_direction - on a random direction scaled to the norm of prototype_c.
 Exactly round(atypical_fraction x the class's sample count) samples of every class are atypical, so the
-fraction holds per class and per split, not only on average. Pure tensor code: phases.data wires it to
-the config and, for prototypes taken from a real dataset, to its loaders.
+fraction holds per class and per split, not only on average. The model itself (random_prototypes,
+draw_samples) is pure tensor code; generate_prototypes wires it to the dataset config and, for
+prototypes taken from a real dataset (`prototype_source`), to that dataset's loader.
 """
 
 from __future__ import annotations
@@ -17,8 +18,13 @@ import math
 from dataclasses import dataclass
 
 import torch
+from omegaconf import DictConfig
 
-from phases.config import ATYPICAL_KINDS
+from phases.config.options import dataset_option
+from phases.config.schema import AtypicalKind
+from phases.config.validation import ConfigError
+from phases.training.data.sources import DATASETS, DataNotFoundError
+from phases.training.data.splits import DatasetInfo, ImageSplits, load_real_splits, subset_generator
 
 
 @dataclass
@@ -45,10 +51,14 @@ def atypical_count(fraction: float, class_count: int) -> int:
 
 
 def draw_samples(prototypes: torch.Tensor, total: int, noise_std: float, atypical_fraction: float,
-                 atypical_kind: str, generator: torch.Generator) -> PrototypeSamples:
+                 atypical_kind: AtypicalKind | str, generator: torch.Generator) -> PrototypeSamples:
     """`total` samples around `prototypes` (classes, channels, size, size), in a seeded random order."""
-    if atypical_kind not in ATYPICAL_KINDS:
-        raise ValueError(f"atypical_kind={atypical_kind!r}; expected one of {', '.join(ATYPICAL_KINDS)}")
+    # Hydra checks the config's choice; this guards direct calls, before anything is drawn.
+    try:
+        kind = AtypicalKind(atypical_kind)
+    except ValueError:
+        raise ValueError(f"atypical_kind={atypical_kind!r}; expected one of "
+                         f"{', '.join(known.value for known in AtypicalKind)}") from None
     classes = len(prototypes)
     counts = class_counts(total, classes)
     labels = torch.cat([torch.full((count,), label, dtype=torch.int64) for label, count in enumerate(counts)])
@@ -59,14 +69,67 @@ def draw_samples(prototypes: torch.Tensor, total: int, noise_std: float, atypica
 
     centres = prototypes[labels].clone()
     chosen = atypical.nonzero().squeeze(1)
-    if atypical_kind == "other_prototype":
+    if kind is AtypicalKind.other_prototype:
         # An offset in 1..classes-1 never lands on the sample's own class.
         offsets = torch.randint(1, classes, (len(chosen),), generator=generator)
         centres[chosen] = prototypes[(labels[chosen] + offsets) % classes]
-    else:
+    else:  # AtypicalKind.random_direction
         directions = torch.randn(len(chosen), *prototypes.shape[1:], generator=generator)
         norms = prototypes[labels[chosen]].flatten(1).norm(dim=1) / directions.flatten(1).norm(dim=1)
         centres[chosen] = directions * norms.view(-1, *[1] * (directions.ndim - 1))
     images = centres + noise_std * torch.randn(centres.shape, generator=generator)
     order = torch.randperm(total, generator=generator)
     return PrototypeSamples(images[order].float(), labels[order], atypical[order])
+
+
+def prototypes_info(dataset_cfg: DictConfig) -> DatasetInfo:
+    """The prototypes' shape: from the config for random ones, from the real source for its class means."""
+    source_name = dataset_cfg.prototype_source
+    channels, classes = dataset_cfg.channels, dataset_cfg.classes
+    if source_name != "random":
+        if source_name not in DATASETS:
+            raise ConfigError("dataset.prototype_source", source_name,
+                              f"random, or a real dataset whose class means are the prototypes: "
+                              f"{', '.join(sorted(DATASETS))}")
+        source = DATASETS[source_name]
+        if channels != source.channels:
+            raise ConfigError("dataset.channels", channels, f"{source.channels}, the channels of {source_name}")
+        if classes > source.classes:
+            raise ConfigError("dataset.classes", classes, f"at most the {source.classes} classes of {source_name}")
+    for key, identity in (("mean", 0.0), ("std", 1.0)):
+        if list(dataset_cfg[key]) != [identity] * channels:
+            raise ConfigError(f"dataset.{key}", list(dataset_cfg[key]),
+                              f"{[identity] * channels}: prototypes are drawn in normalised units (one per channel)")
+    return DatasetInfo(channels=channels, classes=classes, image_size=dataset_cfg.image_size)
+
+
+def class_means(source_name: str, classes: int, dataset_cfg: DictConfig, paths: DictConfig) -> torch.Tensor:
+    """The first `classes` class means of a real dataset's whole training split, normalised and resized
+    as a run on that dataset sees its images."""
+    source_cfg = dataset_option(source_name)
+    source_cfg.image_size, source_cfg.download = dataset_cfg.image_size, dataset_cfg.download
+    source_cfg.train_size = source_cfg.test_size = None
+    try:
+        splits = load_real_splits(source_cfg, paths, seed=0, device=torch.device("cpu"))
+    except DataNotFoundError as error:
+        raise DataNotFoundError(f"dataset.prototype_source={source_name} needs that dataset: {error}") from error
+    return torch.stack([splits.train_images[splits.train_labels == label].mean(0) for label in range(classes)])
+
+
+def generate_prototypes(dataset_cfg: DictConfig, paths: DictConfig, seed: int, device: torch.device) -> ImageSplits:
+    """Train and test drawn around the same prototypes, every draw seeded by (seed, purpose), so a seed
+    is one data set and train and test never share noise."""
+    info = prototypes_info(dataset_cfg)
+    source_name = dataset_cfg.prototype_source
+    if source_name == "random":
+        prototypes = random_prototypes(info.classes, (info.channels, info.image_size, info.image_size),
+                                       subset_generator(seed, "prototypes.prototypes"))
+    else:
+        prototypes = class_means(source_name, info.classes, dataset_cfg, paths)
+    splits = {}
+    for split, size in (("train", dataset_cfg.train_size), ("test", dataset_cfg.test_size)):
+        samples = draw_samples(prototypes, size, dataset_cfg.noise_std, dataset_cfg.atypical_fraction,
+                               dataset_cfg.atypical_kind, subset_generator(seed, f"prototypes.{split}"))
+        splits.update({f"{split}_images": samples.images.to(device), f"{split}_labels": samples.labels.to(device),
+                       f"{split}_atypical": samples.atypical.to(device)})
+    return ImageSplits(**splits, info=info, source=f"generated in memory (prototype_source={source_name})")

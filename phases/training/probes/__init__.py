@@ -1,10 +1,10 @@
-"""Probes: fresh models fitted on frozen activations at each evaluation step, as plug-ins.
+"""Probes: fresh models fitted on a layer's frozen activations at each evaluation step, as plug-ins.
 
 Every probe has one interface, `fit_and_score(train, test) -> [Measurement]`, and is built from its
-config node `probe.<name>` through the `PROBES` registry; `probe.enabled` lists those that run. A probe's
-`scope` says what it reads: "layer" probes run on each probed layer's activations, "output" probes
-once on the classifier's logits. A probe whose `data_source` is "other_dataset" is fed the frozen
-network's activations on the paired dataset (transfer by dataset switch).
+config node `probe.<name>` through the `PROBES` registry, which is the list of probe names
+`probe.enabled` accepts (besides the output metrics of phases.training.output_metrics). A probe
+reads the activations of each probed layer on the images of its `dataset`: "own" (the run's
+dataset) or "transfer_partner" (the paired dataset of a dataset-switch transfer).
 """
 
 from __future__ import annotations
@@ -13,25 +13,25 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig
 
-from phases.data import DatasetInfo
-from phases.probes.base import Measurement, Probe, ProbeData
-from phases.probes.classification import LBFGSClassifier, SGDClassifier, build_classifier
-from phases.probes.reconstruction import (
+from phases.config.schema import ReconstructionSolver, TransferTask
+from phases.training.data import DatasetInfo
+from phases.training.probes.base import Measurement, Probe, ProbeData
+from phases.training.probes.classification import LBFGSClassifier, SGDClassifier, build_classifier
+from phases.training.probes.reconstruction import (
     ClosedFormReconstruction,
     ConvolutionalReconstruction,
     GradientReconstruction,
     fit_ridge,
 )
-from phases.probes.sample_loss import SampleLoss
-from phases.probes.transfer import TransferProbe
+from phases.training.probes.transfer import TransferProbe
 
 __all__ = ["PROBES", "Measurement", "Probe", "ProbeData", "build_probes", "fit_ridge", "ClosedFormReconstruction",
            "GradientReconstruction", "ConvolutionalReconstruction", "LBFGSClassifier", "SGDClassifier",
-           "SampleLoss", "TransferProbe"]
+           "TransferProbe"]
 
 
 def _reconstruction(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Probe]:
-    if cfg.solver == "closed_form":
+    if cfg.solver == ReconstructionSolver.closed_form:
         return [ClosedFormReconstruction(ridge=cfg.ridge)]
     return [GradientReconstruction(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                    batch_size=cfg.batch_size, seed=seed)]
@@ -47,14 +47,10 @@ def _linear(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Probe]:
 
 
 def _transfer(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Probe]:
-    dominance = "colour_dominance" if info.channels == 3 else "quadrant_dominance"
-    tasks = dict.fromkeys(dominance if task == "dominance" else task for task in cfg.tasks)
+    dominance = TransferTask.colour_dominance if info.channels == 3 else TransferTask.quadrant_dominance
+    tasks = dict.fromkeys(dominance if task == TransferTask.dominance else TransferTask(task) for task in cfg.tasks)
     return [TransferProbe(task, build_classifier(cfg.classifier, seed), cfg.validation_fraction, seed)
             for task in tasks]
-
-
-def _sample_loss(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Probe]:
-    return [SampleLoss(quantiles=list(cfg.quantiles), worst_fractions=list(cfg.worst_fractions))]
 
 
 # probe.<name> -> the probes it configures (transfer: one per task).
@@ -63,7 +59,6 @@ PROBES: dict[str, Callable[[DictConfig, int, DatasetInfo], list[Probe]]] = {
     "reconstruction_conv": _reconstruction_conv,
     "linear": _linear,
     "transfer": _transfer,
-    "sample_loss": _sample_loss,
 }
 
 

@@ -30,8 +30,7 @@ class Measurement:
 
 class Probe(Protocol):
     name: str  # the `probe` column of the metrics table
-    scope: str  # "layer": each probed layer; "output": once, on the classifier's logits
-    data_source: str  # "own": the run's dataset; "other_dataset": its transfer partner
+    dataset: str  # whose images it reads: "own" (the run's dataset) or "transfer_partner"
 
     def fit_and_score(self, train: ProbeData, test: ProbeData) -> list[Measurement]: ...
 

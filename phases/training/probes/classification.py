@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from phases.probes.base import Measurement, ProbeData, minibatch_indices, seeded
+from phases.config.schema import ClassifierSolver
+from phases.training.probes.base import Measurement, ProbeData, minibatch_indices, seeded
 
 
 def classification_measurements(logits: torch.Tensor, labels: torch.Tensor, split: str) -> list[Measurement]:
@@ -28,7 +29,7 @@ class LBFGSClassifier:
     on a CPU that is not faster than the SGD recipe's 20 cache-friendly epochs (see make bench).
     """
 
-    name, scope, data_source = "linear", "layer", "own"
+    name, dataset = "linear", "own"
 
     def __init__(self, l2: float, max_iterations: int):
         self.l2, self.max_iterations = l2, max_iterations
@@ -62,7 +63,7 @@ class LBFGSClassifier:
 class SGDClassifier:
     """The published recipe: nn.Linear on the raw activations, SGD with momentum, a step decay."""
 
-    name, scope, data_source = "linear", "layer", "own"
+    name, dataset = "linear", "own"
 
     def __init__(self, epochs: int, lr: float, momentum: float, lr_drop_epoch: int, batch_size: int, seed: int):
         self.epochs, self.lr, self.momentum = epochs, lr, momentum
@@ -102,7 +103,7 @@ def fit_and_score_classifier(classifier, train: ProbeData, test: ProbeData) -> l
 
 
 def build_classifier(cfg: DictConfig, seed: int) -> LBFGSClassifier | SGDClassifier:
-    if cfg.solver == "lbfgs":
+    if cfg.solver == ClassifierSolver.lbfgs:
         return LBFGSClassifier(l2=cfg.l2, max_iterations=cfg.max_iterations)
     return SGDClassifier(epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, lr_drop_epoch=cfg.lr_drop_epoch,
                          batch_size=cfg.batch_size, seed=seed)

@@ -14,12 +14,9 @@ from dataclasses import replace
 
 import torch
 
-from phases.probes.base import Measurement, ProbeData
-from phases.probes.classification import class_count, classification_measurements
-
-# fashion_mnist <-> mnist, cifar10 <-> cifar100: the pairs the paper transfers between.
-DATASET_SWITCH = {"fashion_mnist": "mnist", "mnist": "fashion_mnist", "cifar10": "cifar100", "cifar100": "cifar10"}
-TASKS = ("colour_dominance", "quadrant_dominance", "dataset_switch")
+from phases.config.schema import TransferTask
+from phases.training.probes.base import Measurement, ProbeData
+from phases.training.probes.classification import class_count, classification_measurements
 
 
 def colour_dominance_labels(images: torch.Tensor) -> torch.Tensor:
@@ -40,21 +37,22 @@ def quadrant_dominance_labels(images: torch.Tensor) -> torch.Tensor:
     return torch.stack(quadrants, dim=1).argmax(1)
 
 
-TASK_LABELS = {"colour_dominance": colour_dominance_labels, "quadrant_dominance": quadrant_dominance_labels}
+# The tasks whose labels are computed from the images; dataset_switch keeps the paired dataset's own labels.
+TASK_LABELS = {TransferTask.colour_dominance: colour_dominance_labels,
+               TransferTask.quadrant_dominance: quadrant_dominance_labels}
 
 
 class TransferProbe:
-    scope = "layer"
-
-    def __init__(self, task: str, classifier, validation_fraction: float, seed: int):
-        if task not in TASKS:
-            raise ValueError(f"transfer task {task!r}; known: {', '.join(TASKS)}")
+    def __init__(self, task: TransferTask | str, classifier, validation_fraction: float, seed: int):
+        task = TransferTask(task)
+        if task not in (*TASK_LABELS, TransferTask.dataset_switch):  # `dominance` is resolved per dataset first
+            raise ValueError(f"transfer task {task!r}; expected colour_dominance, quadrant_dominance or dataset_switch")
         self.task, self.classifier, self.validation_fraction, self.seed = task, classifier, validation_fraction, seed
-        self.name = f"transfer_{task}"
-        self.data_source = "other_dataset" if task == "dataset_switch" else "own"
+        self.name = f"transfer_{task.value}"
+        self.dataset = "transfer_partner" if task == TransferTask.dataset_switch else "own"
 
     def _labelled(self, data: ProbeData) -> ProbeData:
-        if self.task == "dataset_switch":
+        if self.task == TransferTask.dataset_switch:
             return data  # the paired dataset's own labels
         return replace(data, labels=TASK_LABELS[self.task](data.images))
 

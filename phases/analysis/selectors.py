@@ -1,0 +1,33 @@
+"""The slices of the tidy metrics table that more than one table or figure reads, named once."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def reconstruction_curves(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The reconstruction loss (RL) of every probe point on the test split."""
+    return metrics.query("probe == 'reconstruction' and metric == 'mse' and split == 'test'")
+
+
+def classifier_accuracy(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The classifier's own test accuracy."""
+    return metrics.query("probe == 'classifier' and metric == 'accuracy' and split == 'test'")
+
+
+def transfer_curves(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Transfer-task accuracy of every probe point on every split (`val` chooses t*, `test` reports it)."""
+    return metrics[metrics["probe"].str.startswith("transfer_") & (metrics["metric"] == "accuracy")]
+
+
+def sample_losses(metrics: pd.DataFrame, metric_prefix: str) -> pd.DataFrame:
+    """The per-sample training-loss statistics whose metric name starts with `metric_prefix`
+    (`loss_share` of the worst samples, `loss_mean` of the majority and the few, `loss_p` quantiles)."""
+    return metrics[(metrics["probe"] == "sample_loss") & (metrics["split"] == "train")
+                   & metrics["metric"].str.startswith(metric_prefix)]
+
+
+def seed_spread(curve: pd.DataFrame) -> float:
+    """Mean over steps of the standard deviation across seeds (0 with one seed)."""
+    by_seed = curve.pivot_table(index="step", columns="seed", values="value")
+    return float(by_seed.std(axis=1, ddof=1).mean()) if by_seed.shape[1] > 1 else 0.0

@@ -1,0 +1,61 @@
+"""Run identity: a hash of what differs from the schema's defaults, so new settings keep old ids."""
+
+from dataclasses import dataclass
+
+import pytest
+
+from phases.config import schema
+from phases.config.compose import compose
+from phases.store.identity import result_settings, run_id
+
+# The default run's id since the redesign (issue 11); a change here re-runs every finished default run.
+DEFAULT_RUN_ID = "fashion_mnist-vgg8-sgd-s0-f6f4b350"
+
+
+def test_the_default_runs_id_is_stable():
+    assert run_id(compose()) == DEFAULT_RUN_ID
+
+
+def test_a_new_setting_with_a_default_keeps_every_id(monkeypatch):
+    before = {overrides: run_id(compose(list(overrides))) for overrides in [(), ("seed=3",), ("probe=paper",)]}
+
+    @dataclass
+    class ScheduleWithWarmup(schema.ScheduleConfig):
+        warmup_steps: int = 0  # a setting added in a later version, at its default
+
+    monkeypatch.setitem(schema.SCHEMAS, "schedule_schema", ScheduleWithWarmup)
+    assert compose().schedule.warmup_steps == 0
+    assert {overrides: run_id(compose(list(overrides))) for overrides in before} == before
+    assert run_id(compose(["schedule.warmup_steps=100"])) != before[()]
+
+
+@pytest.mark.parametrize("override", [
+    "device=cpu", "progress=false", "force=true", "paths.outputs=/elsewhere", "probe.batch_size=7",
+    "probe.max_activation_gb=1", "schedule.checkpoint_minutes=1",
+    "probe.transfer.validation_fraction=0.5",  # transfer is not enabled
+    "probe.reconstruction_conv.epochs=3",  # reconstruction_conv is not enabled
+    "probe.reconstruction.ridge=0.001",  # the default, written out
+])
+def test_settings_that_cannot_change_results_keep_the_id(override):
+    assert run_id(compose([override])) == DEFAULT_RUN_ID
+
+
+@pytest.mark.parametrize("override", [
+    "seed=1", "schedule.max_steps=4096", "probe.reconstruction.ridge=0.01", "arch.width=0.5",
+    "probe.enabled=[reconstruction,linear,transfer,sample_loss]", "probe.bn_mode=eval", "optimizer.lr=0.01",
+])
+def test_settings_that_change_results_change_the_id(override):
+    assert run_id(compose([override])) != DEFAULT_RUN_ID
+
+
+def test_calibration_size_counts_only_when_statistics_are_recomputed():
+    assert run_id(compose(["probe.calibration_size=10"])) != DEFAULT_RUN_ID
+    eval_mode = run_id(compose(["probe.bn_mode=eval"]))
+    assert run_id(compose(["probe.bn_mode=eval", "probe.calibration_size=10"])) == eval_mode
+
+
+def test_the_hashed_settings_name_what_is_built():
+    assert result_settings(compose()) == {"dataset.name": "fashion_mnist", "dataset.mean": [0.281],
+                                          "dataset.std": [0.352], "arch.name": "vgg8",
+                                          "optimizer._target_": "torch.optim.SGD"}
+    assert result_settings(compose(["probe.bn_mode=train"]))["probe.bn_mode"] == "train"
