@@ -11,6 +11,7 @@ from phases.config.validation import ConfigError, validate
 from phases.training.data import dataset_info
 from phases.training.evaluation import check_enabled
 from phases.training.models import build_model
+from phases.training.probes import build_probes
 from tests.conftest import REPOSITORY
 
 GROUPS = ("dataset", "arch", "optimizer", "probe", "schedule")
@@ -124,7 +125,6 @@ def test_every_option_file_holds_only_what_its_schema_does_not_say():
         ("probe.layers=[block9]", "probe.layers"),
         ("probe.reconstruction.ridge=0", "probe.reconstruction.ridge"),
         ("probe.linear.lr=-0.1", "probe.linear.lr"),
-        ("probe.enabled=[transfer] probe.transfer.tasks=[colour_dominance]", "probe.transfer.tasks"),
         ("dataset.std=[0]", "dataset.std[0]"),
         ("dataset.train_size=0", "dataset.train_size"),
         ("device=tpu", "device"),
@@ -136,6 +136,13 @@ def test_out_of_range_values_name_the_key_and_value(override, key):
         validate(cfg, probe_points(cfg))
     assert raised.value.key == key
     assert str(raised.value).startswith(f"{key}=")
+
+
+def test_colour_dominance_on_grayscale_images_fails_naming_the_key():
+    cfg = composed("probe.enabled=[transfer]", "probe.transfer.tasks=[colour_dominance]")
+    with pytest.raises(ConfigError) as raised:
+        build_probes(cfg.probe, 0, dataset_info(cfg.dataset))
+    assert raised.value.key == "probe.transfer.tasks" and "use quadrant_dominance" in str(raised.value)
 
 
 def test_unknown_probe_layer_error_lists_the_archs_probe_points():

@@ -1,10 +1,10 @@
 """hydra-submitit's local launcher with a cap on the jobs running at once and one GPU per job
-(`hydra/launcher=local`, configured by phases/launcher.py). Here because Hydra takes launchers only
+(`hydra/launcher=local`, configured by phases/config/launcher.py). Here because Hydra takes launchers only
 from the `hydra_plugins` namespace.
 
 The plugin starts every job of a sweep at once and shows each the same GPUs. This launcher hands it
 the jobs in chunks of `max_parallel_jobs` (each chunk waits for its slowest job); every job sees all
-GPUs and takes GPU (job number mod GPUs) (`phases.device.resolve_device`): jobs of a chunk are
+GPUs and takes GPU (job number mod GPUs) (`phases.training.device.resolve_device`): jobs of a chunk are
 numbered consecutively, so with one job per GPU no two share one. The jobs share the CPU cores:
 each gets cores / max_parallel_jobs threads (OMP_NUM_THREADS, unless set), since OpenMP threads
 oversubscribing the cores slowed a 4-job test sweep on 2 cores 15-fold (335 s instead of 22 s).

@@ -173,9 +173,3 @@ def validate(cfg: DictConfig, probe_points: list[str]) -> None:
         for layer in probe.layers:
             require(layer in probe_points, "probe.layers", layer,
                     f"arch {cfg.arch.name} declares the probe points {', '.join(probe_points)}")
-    if "transfer" in probe.enabled:
-        channels = len(cfg.dataset.mean)
-        for task in probe.transfer.tasks:
-            require(task != schema.TransferTask.colour_dominance or channels == 3, "probe.transfer.tasks",
-                    task.value, f"colour_dominance needs RGB images; {cfg.dataset.name} is grayscale: "
-                    "use quadrant_dominance")

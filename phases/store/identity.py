@@ -16,6 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from phases.config.schema import BatchNormMode
+
 # Where or how fast a run happens, never its results; also what the analysis never treats as a setting.
 NON_RESULT_KEYS = ("paths", "device", "force", "progress", "probe.batch_size", "probe.max_activation_gb",
                    "schedule.checkpoint_minutes")
@@ -55,7 +57,7 @@ def result_settings(cfg: DictConfig) -> dict[str, Any]:
     for name, node in cfg.probe.items():
         if isinstance(node, DictConfig) and name not in enabled:
             settings = {key: value for key, value in settings.items() if not key.startswith(f"probe.{name}.")}
-    if cfg.probe.bn_mode != "precise_eval":
+    if cfg.probe.bn_mode != BatchNormMode.precise_eval:
         settings.pop("probe.calibration_size", None)
     return settings
 

@@ -1,7 +1,7 @@
 """What happens at an evaluation step: the classifier's own metrics, then every probe on every point.
 
-The Evaluator measures named datasets: "own" (the run's dataset) and, when a dataset-switch transfer
-probe needs it, "transfer_partner". Per dataset and split, one forward pass (frozen network, no_grad)
+The Evaluator measures named datasets: OWN_DATASET (the run's dataset) and, when a dataset-switch
+transfer probe needs it, TRANSFER_PARTNER. Per dataset and split, one forward pass (frozen network, no_grad)
 collects the activations of all probed points for the probe images; on the run's own dataset the
 logits of that pass are extended to the classifier's evaluation images with a logits-only pass.
 Every probe reuses the cached activations.
@@ -23,10 +23,8 @@ from phases.training.device import autocast
 from phases.training.features import collect_activations, frozen, pooled_shape
 from phases.training.models import ProbedNetwork
 from phases.training.output_metrics import OUTPUT_METRICS, build_output_metrics, classifier_measurements
-from phases.training.probes import PROBES, ProbeData, build_probes
+from phases.training.probes import OWN_DATASET, PROBES, ProbeData, build_probes
 from phases.training.train import DivergenceError
-
-OWN_DATASET = "own"
 
 
 def check_enabled(enabled: list[str]) -> None:
@@ -107,7 +105,7 @@ class Activations:
 class Evaluator:
     def __init__(self, model: ProbedNetwork, datasets: dict[str, ImageSplits], probe_cfg: DictConfig, seed: int,
                  training_batch_size: int):
-        """`datasets` by name: "own" (required) and the others its probes read, e.g. "transfer_partner"."""
+        """`datasets` by name: OWN_DATASET (required) and the others its probes read (TRANSFER_PARTNER)."""
         own = datasets[OWN_DATASET]
         self.model = model
         self.sets = {name: evaluation_sets(splits, probe_cfg, seed, probe_images_only=name != OWN_DATASET)

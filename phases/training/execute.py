@@ -23,7 +23,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from phases.config.options import dataset_option
-from phases.config.schema import TransferTask
 from phases.config.validation import ConfigError, validate
 from phases.store.files import write_text
 from phases.store.identity import optimizer_name, run_id
@@ -32,8 +31,9 @@ from phases.store.record import CONFIG_FILE, METRICS_FILE, RunRecord, RunStatus,
 from phases.training.checkpoint import Checkpoint
 from phases.training.data import DataNotFoundError, ImageSplits, dataset_info, load_image_splits, transfer_partner
 from phases.training.device import place_model, resolve_device
-from phases.training.evaluation import OWN_DATASET, Evaluator, check_activation_memory, check_enabled
+from phases.training.evaluation import Evaluator, check_activation_memory, check_enabled
 from phases.training.models import ProbedNetwork, build_model
+from phases.training.probes import OWN_DATASET, TRANSFER_PARTNER, build_probes
 from phases.training.provenance import provenance
 from phases.training.train import Interrupted, TrainingState, train
 
@@ -47,17 +47,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_datasets(cfg: DictConfig, device: torch.device) -> dict[str, ImageSplits]:
-    """The run's dataset and, for a dataset-switch transfer probe, its partner (with its own
+def load_datasets(cfg: DictConfig, device: torch.device, probe_datasets: set[str]) -> dict[str, ImageSplits]:
+    """The run's dataset and, when a probe reads it (dataset-switch transfer), its partner (with its own
     normalisation and the run's subset sizes); a missing one stops the run before anything is written."""
     datasets = {OWN_DATASET: load_image_splits(cfg.dataset, cfg.paths, cfg.seed, device)}
-    if "transfer" not in cfg.probe.enabled or TransferTask.dataset_switch not in cfg.probe.transfer.tasks:
+    if TRANSFER_PARTNER not in probe_datasets:
         return datasets
     partner = transfer_partner(cfg.dataset.name)
     partner_cfg = dataset_option(partner)
     partner_cfg.train_size, partner_cfg.test_size = cfg.dataset.train_size, cfg.dataset.test_size
     try:
-        datasets["transfer_partner"] = load_image_splits(partner_cfg, cfg.paths, cfg.seed, device)
+        datasets[TRANSFER_PARTNER] = load_image_splits(partner_cfg, cfg.paths, cfg.seed, device)
     except DataNotFoundError as error:
         raise DataNotFoundError(f"probe.transfer.tasks includes dataset_switch, which needs {partner}: {error}") \
             from error
@@ -80,11 +80,14 @@ def execute(cfg: DictConfig, job_number: int = 0) -> RunRecord | str:
     model = build_model(cfg.arch, info)
     validate(cfg, model.selectable_points())
     check_enabled(list(cfg.probe.enabled))
+    probe_datasets = {probe.dataset for probe in build_probes(cfg.probe, cfg.seed, info)}
+    if TRANSFER_PARTNER in probe_datasets:
+        transfer_partner(cfg.dataset.name)  # a dataset without a partner fails here, before any folder
     device = resolve_device(cfg.device, job_number)
     folder = run_folder(cfg.paths.outputs, run_id(cfg))
     if already_done(cfg, folder):
         return SKIPPED
-    datasets = load_datasets(cfg, device)
+    datasets = load_datasets(cfg, device, probe_datasets)
     check_activation_memory(model, datasets, cfg.probe)
     training_images = len(datasets[OWN_DATASET].train_labels)
     if cfg.schedule.batch_size > training_images:

@@ -3,8 +3,8 @@
 Every probe has one interface, `fit_and_score(train, test) -> [Measurement]`, and is built from its
 config node `probe.<name>` through the `PROBES` registry, which is the list of probe names
 `probe.enabled` accepts (besides the output metrics of phases.training.output_metrics). A probe
-reads the activations of each probed layer on the images of its `dataset`: "own" (the run's
-dataset) or "transfer_partner" (the paired dataset of a dataset-switch transfer).
+reads the activations of each probed layer on the images of its `dataset`: OWN_DATASET (the run's
+dataset) or TRANSFER_PARTNER (the paired dataset of a dataset-switch transfer).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from collections.abc import Callable
 from omegaconf import DictConfig
 
 from phases.config.schema import ReconstructionSolver, TransferTask
+from phases.config.validation import ConfigError
 from phases.training.data import DatasetInfo
-from phases.training.probes.base import Measurement, Probe, ProbeData
+from phases.training.probes.base import OWN_DATASET, TRANSFER_PARTNER, Measurement, Probe, ProbeData
 from phases.training.probes.classification import LBFGSClassifier, SGDClassifier, build_classifier
 from phases.training.probes.reconstruction import (
     ClosedFormReconstruction,
@@ -25,9 +26,9 @@ from phases.training.probes.reconstruction import (
 )
 from phases.training.probes.transfer import TransferProbe
 
-__all__ = ["PROBES", "Measurement", "Probe", "ProbeData", "build_probes", "fit_ridge", "ClosedFormReconstruction",
-           "GradientReconstruction", "ConvolutionalReconstruction", "LBFGSClassifier", "SGDClassifier",
-           "TransferProbe"]
+__all__ = ["PROBES", "OWN_DATASET", "TRANSFER_PARTNER", "Measurement", "Probe", "ProbeData", "build_probes",
+           "fit_ridge", "ClosedFormReconstruction", "GradientReconstruction", "ConvolutionalReconstruction",
+           "LBFGSClassifier", "SGDClassifier", "TransferProbe"]
 
 
 def _reconstruction(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Probe]:
@@ -48,6 +49,10 @@ def _linear(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Probe]:
 
 def _transfer(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Probe]:
     dominance = TransferTask.colour_dominance if info.channels == 3 else TransferTask.quadrant_dominance
+    if TransferTask.colour_dominance in cfg.tasks and info.channels != 3:
+        raise ConfigError("probe.transfer.tasks", TransferTask.colour_dominance.value,
+                          f"colour_dominance needs RGB images; these have {info.channels} channel(s): "
+                          "use quadrant_dominance (or dominance, which picks it)")
     tasks = dict.fromkeys(dominance if task == TransferTask.dominance else TransferTask(task) for task in cfg.tasks)
     return [TransferProbe(task, build_classifier(cfg.classifier, seed), cfg.validation_fraction, seed)
             for task in tasks]

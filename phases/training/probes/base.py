@@ -9,6 +9,9 @@ from typing import Protocol
 
 import torch
 
+# Whose images a probe reads: the run's own dataset, or the paired dataset of a dataset-switch transfer.
+OWN_DATASET, TRANSFER_PARTNER = "own", "transfer_partner"
+
 
 @dataclass
 class ProbeData:
@@ -30,7 +33,7 @@ class Measurement:
 
 class Probe(Protocol):
     name: str  # the `probe` column of the metrics table
-    dataset: str  # whose images it reads: "own" (the run's dataset) or "transfer_partner"
+    dataset: str  # whose images it reads: OWN_DATASET or TRANSFER_PARTNER
 
     def fit_and_score(self, train: ProbeData, test: ProbeData) -> list[Measurement]: ...
 

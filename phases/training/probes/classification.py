@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from phases.config.schema import ClassifierSolver
-from phases.training.probes.base import Measurement, ProbeData, minibatch_indices, seeded
+from phases.training.probes.base import OWN_DATASET, Measurement, ProbeData, minibatch_indices, seeded
 
 
 def classification_measurements(logits: torch.Tensor, labels: torch.Tensor, split: str) -> list[Measurement]:
@@ -29,7 +29,7 @@ class LBFGSClassifier:
     on a CPU that is not faster than the SGD recipe's 20 cache-friendly epochs (see make bench).
     """
 
-    name, dataset = "linear", "own"
+    name, dataset = "linear", OWN_DATASET
 
     def __init__(self, l2: float, max_iterations: int):
         self.l2, self.max_iterations = l2, max_iterations
@@ -63,7 +63,7 @@ class LBFGSClassifier:
 class SGDClassifier:
     """The published recipe: nn.Linear on the raw activations, SGD with momentum, a step decay."""
 
-    name, dataset = "linear", "own"
+    name, dataset = "linear", OWN_DATASET
 
     def __init__(self, epochs: int, lr: float, momentum: float, lr_drop_epoch: int, batch_size: int, seed: int):
         self.epochs, self.lr, self.momentum = epochs, lr, momentum

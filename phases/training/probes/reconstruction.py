@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from phases.training.probes.base import Measurement, ProbeData, minibatch_indices, seeded
+from phases.training.probes.base import OWN_DATASET, Measurement, ProbeData, minibatch_indices, seeded
 
 
 class RidgeSolution(NamedTuple):
@@ -90,7 +90,7 @@ def _mse_measurements(predict, train: ProbeData, test: ProbeData) -> list[Measur
 class ClosedFormReconstruction:
     """The linear (affine) decoder at its exact ridge optimum: no epochs, no learning rate to tune."""
 
-    name, dataset = "reconstruction", "own"
+    name, dataset = "reconstruction", OWN_DATASET
 
     def __init__(self, ridge: float):
         self.ridge = ridge
@@ -121,7 +121,7 @@ class GradientReconstruction:
     """The published script's linear decoder: nn.Linear trained with Adam (lr 3e-4, weight decay 1e-5,
     batch 128, 20 epochs) on the raw activations."""
 
-    name, dataset = "reconstruction", "own"
+    name, dataset = "reconstruction", OWN_DATASET
 
     def __init__(self, epochs: int, lr: float, weight_decay: float, batch_size: int, seed: int):
         self.epochs, self.lr, self.weight_decay, self.batch_size, self.seed = epochs, lr, weight_decay, batch_size, seed
@@ -161,7 +161,7 @@ class ConvolutionalReconstruction:
     """The script's convolutional decoder trained with the same Adam recipe; reports `mse` like the
     linear decoders, under its own probe name."""
 
-    name, dataset = "reconstruction_conv", "own"
+    name, dataset = "reconstruction_conv", OWN_DATASET
 
     def __init__(self, epochs: int, lr: float, weight_decay: float, batch_size: int, seed: int):
         self.epochs, self.lr, self.weight_decay, self.batch_size, self.seed = epochs, lr, weight_decay, batch_size, seed

@@ -15,7 +15,7 @@ from dataclasses import replace
 import torch
 
 from phases.config.schema import TransferTask
-from phases.training.probes.base import Measurement, ProbeData
+from phases.training.probes.base import OWN_DATASET, TRANSFER_PARTNER, Measurement, ProbeData
 from phases.training.probes.classification import class_count, classification_measurements
 
 
@@ -49,7 +49,7 @@ class TransferProbe:
             raise ValueError(f"transfer task {task!r}; expected colour_dominance, quadrant_dominance or dataset_switch")
         self.task, self.classifier, self.validation_fraction, self.seed = task, classifier, validation_fraction, seed
         self.name = f"transfer_{task.value}"
-        self.dataset = "transfer_partner" if task == TransferTask.dataset_switch else "own"
+        self.dataset = TRANSFER_PARTNER if task == TransferTask.dataset_switch else OWN_DATASET
 
     def _labelled(self, data: ProbeData) -> ProbeData:
         if self.task == TransferTask.dataset_switch:
