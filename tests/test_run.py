@@ -125,7 +125,7 @@ def test_settings_that_do_not_change_results_keep_the_run_id(finished_run, tmp_p
         ("schedule.batch_size=1000", "schedule.batch_size=1000 is invalid: at most the 256 training images"),
         ("optimizer.lr=fast", "optimizer.lr"),
         ("device=tpu", "device='tpu' is invalid: auto, cpu, cuda or cuda:N"),
-        ("probe.bn_mode=batch", "probe.bn_mode=batch\nInvalid value 'batch', expected one of [precise_eval, eval, train]"),
+        ("probe.bn_mode=batch", "Invalid value 'batch', expected one of [precise_eval, eval, train]"),
         ("probe.max_activation_gb=0.001", "per evaluation (3978 features x 112 images); probe fewer layers"),
     ],
 )
