@@ -1,0 +1,87 @@
+"""Datasets as normalised image tensors on the training device; the rest of the package imports this.
+
+    formats.py     the official file formats (IDX, CIFAR python batches), DataFormatError
+    sources.py     where each real dataset lives, its download, its missing-data message, its
+                   dataset_switch partner; DataNotFoundError
+    splits.py      seeded subsets, normalisation and resizing; a real dataset as device tensors
+    prototypes.py  the theory's data model, generated in memory from the config
+
+Real datasets (`DATASETS`) are read from their official files; generated ones (`GENERATED_DATASETS`:
+the theory's `prototypes`) are drawn in memory. `dataset_info` and `load_image_splits` dispatch
+between the two here, so neither splits.py nor prototypes.py needs the other's registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+
+from phases.config.validation import ConfigError
+from phases.training.data.formats import DataFormatError
+from phases.training.data.prototypes import generate_prototypes, prototypes_info
+from phases.training.data.sources import (
+    DATASETS,
+    DataNotFoundError,
+    download,
+    locate_files,
+    missing_data_message,
+    transfer_partner,
+)
+from phases.training.data.splits import (
+    DatasetInfo,
+    ImageSplits,
+    load_real_splits,
+    real_dataset_info,
+    seeded_subset,
+    subset_generator,
+)
+
+__all__ = [
+    "DATASETS",
+    "GENERATED_DATASETS",
+    "DataFormatError",
+    "DataNotFoundError",
+    "DatasetInfo",
+    "ImageSplits",
+    "dataset_info",
+    "download",
+    "load_image_splits",
+    "locate_files",
+    "missing_data_message",
+    "seeded_subset",
+    "subset_generator",
+    "transfer_partner",
+]
+
+
+@dataclass(frozen=True)
+class GeneratedSource:
+    """A dataset drawn in memory from its config: no files, so never the data-not-found path."""
+
+    info: Callable[[DictConfig], DatasetInfo]  # checks the config's shape settings, reads nothing
+    generate: Callable[[DictConfig, DictConfig, int, torch.device], ImageSplits]  # (dataset, paths, seed, device)
+
+
+GENERATED_DATASETS: dict[str, GeneratedSource] = {"prototypes": GeneratedSource(prototypes_info, generate_prototypes)}
+
+
+def dataset_info(dataset_cfg: DictConfig) -> DatasetInfo:
+    """What a model needs to know of a dataset, without reading it (so configs are checked first)."""
+    name = dataset_cfg.name
+    if name in GENERATED_DATASETS:
+        return GENERATED_DATASETS[name].info(dataset_cfg)
+    if name not in DATASETS:
+        known = sorted([*DATASETS, *GENERATED_DATASETS])
+        raise ConfigError("dataset.name", name, f"known datasets: {', '.join(known)}")
+    return real_dataset_info(dataset_cfg)
+
+
+def load_image_splits(dataset_cfg: DictConfig, paths: DictConfig, seed: int, device: torch.device) -> ImageSplits:
+    """Find (or, when asked, download) or generate the dataset, and return normalised tensors on `device`."""
+    dataset_info(dataset_cfg)  # every setting checked before anything is read or drawn
+    if dataset_cfg.name in GENERATED_DATASETS:
+        return GENERATED_DATASETS[dataset_cfg.name].generate(dataset_cfg, paths, seed, device)
+    return load_real_splits(dataset_cfg, paths, seed, device)

@@ -1,0 +1,118 @@
+"""A dataset as train and test tensors on the training device: seeded subsets, normalised and resized.
+
+Every subset is drawn by an RNG of its own, seeded by (run seed, purpose), so the training subset and
+each probe's subset are independent draws and a seed always picks the same images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torchvision.transforms.v2 import functional as image_functional
+
+from phases.config.validation import ConfigError
+from phases.training.data.formats import DataFormatError
+from phases.training.data.sources import (
+    DATASETS,
+    DataNotFoundError,
+    DatasetSource,
+    download,
+    locate_files,
+    missing_data_message,
+)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    channels: int
+    classes: int
+    image_size: int  # pixels per side after resizing
+
+
+@dataclass
+class ImageSplits:
+    train_images: torch.Tensor  # (N, channels, size, size) float32, normalised
+    train_labels: torch.Tensor  # (N,) int64
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    info: DatasetInfo
+    source: str  # the folder the files were read from, for run.json
+    # Generated data models only: which samples are atypical, (N,) bool per split; None for real datasets.
+    train_atypical: torch.Tensor | None = None
+    test_atypical: torch.Tensor | None = None
+
+
+def subset_generator(seed: int, purpose: str) -> torch.Generator:
+    """An RNG per (seed, purpose), so the training subset and each probe subset are independent draws."""
+    digest = hashlib.sha256(f"{seed}:{purpose}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def seeded_subset(total: int, size: int | None, seed: int, purpose: str) -> torch.Tensor:
+    """Indices of a seeded random subset of `size` out of `total` (all of them, in order, for None)."""
+    if size is None or size >= total:
+        return torch.arange(total)
+    return torch.randperm(total, generator=subset_generator(seed, purpose))[:size]
+
+
+def normalise(images: np.ndarray, dataset_cfg: DictConfig) -> torch.Tensor:
+    """uint8 (N, H, W) or (N, H, W, C) -> float32 (N, C, size, size): scaled to [0, 1], resized, normalised."""
+    tensor = torch.from_numpy(images.astype(np.float32) / 255.0)
+    tensor = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2).contiguous()
+    size = dataset_cfg.image_size
+    if tensor.shape[-1] != size or tensor.shape[-2] != size:
+        # Bilinear, as torchvision's Resize in the paper's pipeline.
+        tensor = image_functional.resize(tensor, [size, size], antialias=True)
+    mean = torch.tensor(list(dataset_cfg.mean), dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(list(dataset_cfg.std), dtype=torch.float32).view(1, -1, 1, 1)
+    return (tensor - mean) / std
+
+
+def check_split(images: np.ndarray, labels: np.ndarray, files: list[Path], source: DatasetSource) -> None:
+    """Shapes and label range as the source declares them; the error names the split's files."""
+    named = ", ".join(str(path) for path in files)
+    expected_dimensions = 3 if source.channels == 1 else 4
+    if images.ndim != expected_dimensions:
+        raise DataFormatError(f"{named}: images of shape {images.shape}, expected {expected_dimensions} dimensions")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DataFormatError(f"{named}: {labels.shape} labels do not match the {len(images)} images")
+    if labels.size and (labels.min() < 0 or labels.max() >= source.classes):
+        raise DataFormatError(
+            f"{named}: labels span {labels.min()}..{labels.max()}, expected 0..{source.classes - 1}"
+        )
+
+
+def real_dataset_info(dataset_cfg: DictConfig) -> DatasetInfo:
+    """A real dataset's shape from its source, its normalisation checked against the source's channels."""
+    source = DATASETS[dataset_cfg.name]
+    if len(dataset_cfg.mean) != source.channels:
+        raise ConfigError("dataset.mean", list(dataset_cfg.mean), f"{source.channels} value(s), one per channel")
+    return DatasetInfo(channels=source.channels, classes=source.classes, image_size=dataset_cfg.image_size)
+
+
+def load_real_splits(dataset_cfg: DictConfig, paths: DictConfig, seed: int, device: torch.device) -> ImageSplits:
+    """Find (or, when asked, download) a real dataset's files, and return normalised tensors on `device`."""
+    info = real_dataset_info(dataset_cfg)
+    name = dataset_cfg.name
+    source = DATASETS[name]
+    files = locate_files(name, paths)
+    if files is None and dataset_cfg.download:
+        download(name, paths)
+        files = locate_files(name, paths)
+    if files is None:
+        raise DataNotFoundError(missing_data_message(name, paths))
+
+    arrays = source.read(files)
+    splits = {}
+    for split, size in (("train", dataset_cfg.train_size), ("test", dataset_cfg.test_size)):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        check_split(images, labels, [path for role, path in files.items() if role.startswith(split)], source)
+        keep = seeded_subset(len(images), size, seed, f"dataset.{split}").numpy()
+        splits[f"{split}_images"] = normalise(images[keep], dataset_cfg).to(device)
+        splits[f"{split}_labels"] = torch.from_numpy(labels[keep].astype(np.int64)).to(device)
+    return ImageSplits(**splits, info=info, source=str(next(iter(files.values())).parent))
