@@ -39,9 +39,8 @@ def _changed_settings(node: DictConfig, prefix: str) -> dict[str, Any]:
         dotted = f"{prefix}{key}"
         if any(dotted == skipped or dotted.startswith(f"{skipped}.") for skipped in NON_RESULT_KEYS):
             continue
-        value = node._get_node(key)
-        if isinstance(value, DictConfig):
-            changed.update(_changed_settings(value, f"{dotted}."))
+        if isinstance(node[key], DictConfig):
+            changed.update(_changed_settings(node[key], f"{dotted}."))
             continue
         value = _plain(node[key])
         has_default = key in defaults and not OmegaConf.is_missing(defaults, key)

@@ -23,7 +23,7 @@ from phases.training.device import autocast
 from phases.training.features import collect_activations, frozen, pooled_shape
 from phases.training.models import ProbedNetwork
 from phases.training.output_metrics import OUTPUT_METRICS, build_output_metrics, classifier_measurements
-from phases.training.probes import OWN_DATASET, PROBES, ProbeData, build_probes
+from phases.training.probes import OWN_DATASET, PROBES, Probe, ProbeData
 from phases.training.train import DivergenceError
 
 
@@ -103,9 +103,9 @@ class Activations:
 
 
 class Evaluator:
-    def __init__(self, model: ProbedNetwork, datasets: dict[str, ImageSplits], probe_cfg: DictConfig, seed: int,
-                 training_batch_size: int):
-        """`datasets` by name: OWN_DATASET (required) and the others its probes read (TRANSFER_PARTNER)."""
+    def __init__(self, model: ProbedNetwork, datasets: dict[str, ImageSplits], probes: list[Probe],
+                 probe_cfg: DictConfig, seed: int, training_batch_size: int):
+        """`datasets` by name: OWN_DATASET (required) and the others the `probes` read (TRANSFER_PARTNER)."""
         own = datasets[OWN_DATASET]
         self.model = model
         self.sets = {name: evaluation_sets(splits, probe_cfg, seed, probe_images_only=name != OWN_DATASET)
@@ -115,7 +115,7 @@ class Evaluator:
         self.spatial_pool = probe_cfg.spatial_pool
         self.shapes = {point: pooled_shape(shape, self.spatial_pool)
                        for point, shape in model.probe_shapes(tuple(own.train_images.shape[1:])).items()}
-        self.probes = build_probes(probe_cfg, seed, own.info)
+        self.probes = probes
         self.output_metrics = build_output_metrics(probe_cfg)
         missing = {probe.dataset for probe in self.probes} - set(datasets)
         if missing:

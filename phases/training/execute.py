@@ -33,7 +33,7 @@ from phases.training.data import DataNotFoundError, ImageSplits, dataset_info, l
 from phases.training.device import place_model, resolve_device
 from phases.training.evaluation import Evaluator, check_activation_memory, check_enabled
 from phases.training.models import ProbedNetwork, build_model
-from phases.training.probes import OWN_DATASET, TRANSFER_PARTNER, build_probes
+from phases.training.probes import OWN_DATASET, TRANSFER_PARTNER, Probe, build_probes
 from phases.training.provenance import provenance
 from phases.training.train import Interrupted, TrainingState, train
 
@@ -80,7 +80,8 @@ def execute(cfg: DictConfig, job_number: int = 0) -> RunRecord | str:
     model = build_model(cfg.arch, info)
     validate(cfg, model.selectable_points())
     check_enabled(list(cfg.probe.enabled))
-    probe_datasets = {probe.dataset for probe in build_probes(cfg.probe, cfg.seed, info)}
+    probes = build_probes(cfg.probe, cfg.seed, info)
+    probe_datasets = {probe.dataset for probe in probes}
     if TRANSFER_PARTNER in probe_datasets:
         transfer_partner(cfg.dataset.name)  # a dataset without a partner fails here, before any folder
     device = resolve_device(cfg.device, job_number)
@@ -100,11 +101,11 @@ def execute(cfg: DictConfig, job_number: int = 0) -> RunRecord | str:
             return LOCKED
         if already_done(cfg, folder):  # finished by another process while this one loaded the data
             return SKIPPED
-        return train_and_probe(cfg, model, datasets, device, folder)
+        return train_and_probe(cfg, model, datasets, probes, device, folder)
 
 
-def train_and_probe(cfg: DictConfig, model: ProbedNetwork, datasets: dict[str, ImageSplits], device: torch.device,
-                    folder: Path) -> RunRecord:
+def train_and_probe(cfg: DictConfig, model: ProbedNetwork, datasets: dict[str, ImageSplits], probes: list[Probe],
+                    device: torch.device, folder: Path) -> RunRecord:
     """Train and measure in `folder` (locked by the caller), resuming from its checkpoint if it has one."""
     metrics_path = folder / METRICS_FILE
     model = place_model(model, device)
@@ -127,7 +128,7 @@ def train_and_probe(cfg: DictConfig, model: ProbedNetwork, datasets: dict[str, I
     record.write(folder)
     started = time.perf_counter()
 
-    evaluator = Evaluator(model, datasets, cfg.probe, cfg.seed, cfg.schedule.batch_size)
+    evaluator = Evaluator(model, datasets, probes, cfg.probe, cfg.seed, cfg.schedule.batch_size)
     identity = {"run_id": folder.name, "dataset": cfg.dataset.name, "arch": cfg.arch.name,
                 "optimizer": optimizer_name(cfg), "seed": cfg.seed}
 
