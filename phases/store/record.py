@@ -25,6 +25,7 @@ RECORD_FILE = "run.json"
 CONFIG_FILE = "config.yaml"  # the resolved config
 METRICS_FILE = "metrics.parquet"  # phases.store.metrics
 CHECKPOINT_FILE = "checkpoint.pt"  # only while the run is unfinished: what a rerun resumes from
+LOCK_FILE = ".lock"  # held (flock) by the process running it
 
 
 class RunStatus(str, Enum):
@@ -93,6 +94,20 @@ def run_folders(outputs: Path) -> list[Path]:
     return sorted(path for path in (Path(outputs) / "runs").glob("*") if path.is_dir())
 
 
+def is_crashed(folder: Path, record: RunRecord | None) -> bool:
+    """A run recorded as running whose lock is free: its process died without saying so (SIGKILL, a
+    node failure); a rerun resumes it. A shared lock is only tried, never waited for."""
+    if record is None or record.status != RunStatus.running or not (folder / LOCK_FILE).is_file():
+        return False
+    with open(folder / LOCK_FILE) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # held by the process running it
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return True
+
+
 @contextmanager
 def run_lock(folder: Path) -> Iterator[bool]:
     """Hold an exclusive lock on a run folder for the block; yields False when another process holds it.
@@ -100,7 +115,7 @@ def run_lock(folder: Path) -> Iterator[bool]:
     A lock on an open file (flock) dies with its process, so a killed run never leaves a stale lock.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
+    with open(folder / LOCK_FILE, "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
