@@ -17,7 +17,6 @@ import argparse
 import time
 from pathlib import Path
 
-import hydra
 import torch
 
 from phases.bench.training_step import synchronise
@@ -27,6 +26,7 @@ from phases.training.data import dataset_info, load_image_splits, seeded_subset
 from phases.training.device import autocast, place_model, resolve_device
 from phases.training.features import collect_activations, frozen
 from phases.training.models import build_model
+from phases.training.optimizers import build_optimizer
 from phases.training.probes import (
     ClosedFormReconstruction,
     GradientReconstruction,
@@ -46,7 +46,7 @@ def trained_vgg8(cfg, splits, steps: int, cache: Path, device: torch.device):
     if cache.is_file():
         model.load_state_dict(torch.load(cache, weights_only=True, map_location=device))
         return model
-    optimizer = hydra.utils.instantiate(cfg.optimizer, params=model.parameters())
+    optimizer = build_optimizer(cfg.optimizer, model.parameters())
     step = TrainingStep(model, optimizer, device)
     order = torch.randperm(len(splits.train_labels), generator=torch.Generator().manual_seed(cfg.seed))
     for index in range(steps):

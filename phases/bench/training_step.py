@@ -18,7 +18,6 @@ import statistics
 import time
 from collections.abc import Callable
 
-import hydra
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
@@ -27,6 +26,7 @@ from phases.config.compose import compose
 from phases.training.data import DatasetInfo
 from phases.training.device import autocast, place_model, resolve_device, uses_channels_last
 from phases.training.models import MODELS, build_model
+from phases.training.optimizers import build_optimizer
 from phases.training.train import TrainingStep
 
 INFO = DatasetInfo(channels=3, classes=10, image_size=32)
@@ -78,7 +78,7 @@ def benchmark(arch: str, width: float, device: torch.device, batch_size: int, se
     cfg = compose([f"arch={arch}", f"arch.width={width}"])
     torch.manual_seed(0)
     model = place_model(build_model(cfg.arch, INFO), device).train()
-    optimizer = hydra.utils.instantiate(cfg.optimizer, params=model.parameters())
+    optimizer = build_optimizer(cfg.optimizer, model.parameters())
     memory_format = torch.channels_last if uses_channels_last(device) else torch.contiguous_format
     batches = [(torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=memory_format),
                 torch.randint(0, INFO.classes, (batch_size,), device=device)) for _ in range(4)]

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from phases.config import launcher
 from phases.config.options import CONFIG_DIR
 from phases.config.schema import SCHEMAS
+from phases.config.validation import check_known_keys
 
 
 def register_configs() -> None:
@@ -26,7 +27,11 @@ def register_configs() -> None:
 
 
 def compose(overrides: Sequence[str] = (), hydra_config: bool = False) -> DictConfig:
-    """The run config `python -m phases.run <overrides>` would get (with `hydra` too, if asked)."""
+    """The run config `python -m phases.run <overrides>` would get (with `hydra` too, if asked); a key
+    that is no setting (`+schedule.max_step=4`) fails here as it does in a run (ConfigError)."""
     register_configs()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_config)
+        cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_config)
+    if not hydra_config:  # Hydra's own node is no setting of the run's schema
+        check_known_keys(cfg)
+    return cfg

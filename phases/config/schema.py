@@ -101,8 +101,8 @@ class LinearArchConfig(ArchConfig):
 
 @dataclass
 class OptimizerConfig:
-    # Instantiated with hydra.utils.instantiate(cfg.optimizer, params=...): every other field is a
-    # keyword argument of the optimizer class, so no setting is read in one place and ignored in another.
+    # Built by phases.training.optimizers from this closed schema: `_target_` names the class (it cannot
+    # choose another) and every other field is a keyword argument of it, so no setting is ignored.
     _target_: str = MISSING
     lr: float = MISSING  # learning rate
 

@@ -8,6 +8,8 @@ keys it happens to hold.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +72,11 @@ def _linear_arch(node: DictConfig, key: str) -> None:
 
 
 def _optimizer(node: DictConfig, key: str) -> None:
+    # `_target_` names the class for readers of config.yaml and for the run id; it cannot choose another
+    # (phases.training.optimizers builds the class of the option's schema, never what a string names).
+    schema_class = OmegaConf.get_type(node)
+    require(node._target_ == schema_class._target_, f"{key}._target_", node._target_,
+            f"{schema_class._target_}, the class of this optimizer option (choose another with optimizer=...)")
     require(node.lr > 0, f"{key}.lr", node.lr, "a positive learning rate, e.g. 0.002")
     if "weight_decay" in node:  # a keyword of the optimizer class, present when its schema declares it
         require(node.weight_decay >= 0, f"{key}.weight_decay", node.weight_decay, "a value >= 0")
@@ -121,14 +128,17 @@ def _sample_loss(node: DictConfig, key: str) -> None:
 def _probe(node: DictConfig, key: str) -> None:
     _optional_size(f"{key}.spatial_pool", node.spatial_pool)
     require(node.max_activation_gb > 0, f"{key}.max_activation_gb", node.max_activation_gb, "a positive size in GB")
-    for size in ("classifier_train_size", "batch_size", "calibration_size"):
+    for size in ("classifier_train_size", "batch_size"):
         require(node[size] >= 1, f"{key}.{size}", node[size], "an integer >= 1 (images)")
+    # BatchNorm cannot compute statistics of one image whose feature map is 1x1 (the VGGs' last block).
+    require(node.calibration_size >= 2, f"{key}.calibration_size", node.calibration_size, "an integer >= 2 (images)")
     _optional_size(f"{key}.test_size", node.test_size)
     require(node.train_size is None or node.train_size >= 10, f"{key}.train_size", node.train_size,
             "at least 10 images to fit a probe, or null for all")
 
 
 def _run(node: DictConfig, key: str) -> None:
+    require(0 <= node.seed < 2**32, "seed", node.seed, "an integer in [0, 2**32) (numpy's seed range)")
     require(node.device in ("auto", "cpu") or str(node.device).startswith("cuda"), "device", node.device,
             "auto, cpu, cuda or cuda:N")
 
@@ -153,19 +163,44 @@ CHECKS: dict[type, Callable[[DictConfig, str], None]] = {
 }
 
 
-def _check_node(node: DictConfig, key: str) -> None:
+def check_known_keys(node: DictConfig, key: str = "") -> None:
+    """Every key is a field of its node's schema: Hydra lets `+key=value` add any key to a structured
+    config, so a misspelt `+schedule.max_step=4` would otherwise run the defaults under a new run id,
+    and a node added under the optimizer would reach its constructor."""
+    node_type = OmegaConf.get_type(node)
+    fields = [field.name for field in dataclasses.fields(node_type)] if dataclasses.is_dataclass(node_type) else None
+    for child in node:
+        dotted = f"{key}.{child}" if key else str(child)
+        if fields is not None and child not in fields:
+            closest = difflib.get_close_matches(str(child), fields, n=1, cutoff=0.5)
+            hint = f"did you mean {key + '.' if key else ''}{closest[0]}? " if closest else ""
+            raise ConfigError(dotted, OmegaConf.to_container(node)[child] if isinstance(node[child], DictConfig)
+                              else node[child], f"not a setting of {node_type.__name__}; {hint}"
+                              f"the settings here are {', '.join(fields)}")
+        if isinstance(node[child], DictConfig):
+            check_known_keys(node[child], dotted)
+
+
+def check_node(node: DictConfig, key: str) -> None:
     node_type = OmegaConf.get_type(node)
     for base in reversed(getattr(node_type, "__mro__", ())):  # a base's checks before its subclass's
         if base in CHECKS:
             CHECKS[base](node, key)
     for child in node:
         if isinstance(node[child], DictConfig):
-            _check_node(node[child], f"{key}.{child}" if key else str(child))
+            check_node(node[child], f"{key}.{child}" if key else str(child))
 
 
-def validate(cfg: DictConfig, probe_points: list[str]) -> None:
-    """Fail on the first out-of-range setting; `probe_points` are those the built arch declares."""
-    _check_node(cfg, "")
+def validate(cfg: DictConfig, probe_points: list[str] | None = None) -> None:
+    """Fail on the first unknown key or out-of-range setting, before anything is built or read; with
+    the `probe_points` the built arch declares, also on a probe layer it does not have."""
+    check_known_keys(cfg)
+    check_node(cfg, "")
+    if probe_points is not None:
+        check_probe_layers(cfg, probe_points)
+
+
+def check_probe_layers(cfg: DictConfig, probe_points: list[str]) -> None:
     probe = cfg.probe
     if probe.layers is not None:
         require(len(probe.layers) > 0, "probe.layers", list(probe.layers),

@@ -13,6 +13,15 @@ from phases.config.schema import BatchNormMode
 from phases.training.models import ProbedNetwork
 
 
+def batch_bounds(count: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, end) of consecutive batches; a last batch of one image joins the one before, since
+    BatchNorm with batch statistics cannot normalise a single image's 1x1 feature map."""
+    bounds = [(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], count)]
+    return bounds
+
+
 @contextmanager
 def frozen(model: nn.Module, bn_mode: BatchNormMode, calibration_images: torch.Tensor,
            batch_size: int) -> Iterator[None]:
@@ -36,8 +45,8 @@ def frozen(model: nn.Module, bn_mode: BatchNormMode, calibration_images: torch.T
                 norm.momentum = None  # a cumulative average over the calibration batches
                 norm.train()
             with torch.no_grad():
-                for start in range(0, len(calibration_images), batch_size):
-                    model(calibration_images[start : start + batch_size])
+                for start, end in batch_bounds(len(calibration_images), batch_size):
+                    model(calibration_images[start:end])
             for norm in norms:
                 norm.eval()
         elif bn_mode == BatchNormMode.train:
@@ -89,8 +98,8 @@ def collect_activations(
 
         handles.append(module.register_forward_hook(keep))
     try:
-        for start in range(0, len(images), batch_size):
-            model(images[start : start + batch_size])
+        for start, end in batch_bounds(len(images), batch_size):
+            model(images[start:end])
     finally:
         for handle in handles:
             handle.remove()

@@ -112,6 +112,9 @@ def load_real_splits(dataset_cfg: DictConfig, paths: DictConfig, seed: int, devi
     for split, size in (("train", dataset_cfg.train_size), ("test", dataset_cfg.test_size)):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         check_split(images, labels, [path for role, path in files.items() if role.startswith(split)], source)
+        if size is not None and size > len(images):  # silently using fewer would run under a misleading id
+            raise ConfigError(f"dataset.{split}_size", size,
+                              f"at most the {len(images)} images of {name}'s {split} split, or null for all")
         keep = seeded_subset(len(images), size, seed, f"dataset.{split}").numpy()
         splits[f"{split}_images"] = normalise(images[keep], dataset_cfg).to(device)
         splits[f"{split}_labels"] = torch.from_numpy(labels[keep].astype(np.int64)).to(device)
