@@ -5,6 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUTPUTS ?= outputs
 INSTALLED := $(VENV)/.installed
+# $(call quoted,TEXT): TEXT as one shell word, whatever it holds (spaces, quotes): OUTPUTS="my runs" works.
+# Hydra reads paths.outputs="..." as one quoted string, so a comma or an apostrophe in the path is
+# part of it (not a sweep, not a syntax error).
+quoted = '$(subst ','\'',$(1))'
 
 .DEFAULT_GOAL := help
 .PHONY: help install data demo test figures bench clean
@@ -27,7 +31,7 @@ SYSTEM_FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyt
 DATA_FASHION_MNIST = $${PHASES_DATA_DIR:-data}/FashionMNIST/raw/train-images-idx3-ubyte
 
 data: install  ## make the default dataset available (data folder, Debian's copy: apt-get when root, or download)
-	@if [ ! -f $(SYSTEM_FASHION_MNIST) ] && [ ! -f $(DATA_FASHION_MNIST) ] && [ ! -f $(DATA_FASHION_MNIST).gz ] \
+	@if [ ! -f $(SYSTEM_FASHION_MNIST) ] && [ ! -f "$(DATA_FASHION_MNIST)" ] && [ ! -f "$(DATA_FASHION_MNIST).gz" ] \
 	  && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing Debian's dataset-fashion-mnist with apt-get"; \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; } \
@@ -36,18 +40,18 @@ data: install  ## make the default dataset available (data folder, Debian's copy
 	$(BIN)/python -m phases.fetch
 
 demo: data  ## the default run (Fashion-MNIST, VGG-8, 2048 steps), then its figures
-	$(BIN)/python -m phases.run paths.outputs=$(OUTPUTS)
-	$(MAKE) --no-print-directory figures OUTPUTS=$(OUTPUTS)
+	$(BIN)/python -m phases.run $(call quoted,paths.outputs="$(OUTPUTS)")
+	$(MAKE) --no-print-directory figures OUTPUTS=$(call quoted,$(OUTPUTS))
 
 figures: install  ## figures of every run under $(OUTPUTS) into $(OUTPUTS)/figures/
-	$(BIN)/python -m phases.figures --outputs $(OUTPUTS)
+	$(BIN)/python -m phases.figures --outputs $(call quoted,$(OUTPUTS))
 
 test: install  ## the test suite (end-to-end, resume and SLURM tests included; about 10 minutes on 2 cores)
 	$(BIN)/python -m pytest
 
 bench: data  ## speed: our training step vs a bare PyTorch loop; our probe solvers vs the published recipes
 	$(BIN)/python -m phases.bench.training_step
-	$(BIN)/python -m phases.bench.probes --outputs $(OUTPUTS)
+	$(BIN)/python -m phases.bench.probes --outputs $(call quoted,$(OUTPUTS))
 
 sweep-%: install  ## run sweeps/<name>.yaml (DRY=1: list its jobs and their status; ARGS="...": more overrides)
 	$(BIN)/python -m phases.sweep sweeps/$*.yaml $(if $(DRY),--dry-run) $(if $(ARGS),-- $(ARGS))

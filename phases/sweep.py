@@ -11,6 +11,11 @@ as a list of such lists: one multirun each, run in order, summed up together. Jo
 skipped by the runs themselves; a job that fails does not stop the others; the summary lists done,
 skipped and failed jobs with their reasons and the exit status is non-zero when any failed. An optional
 `environment:` mapping is set for the runs, e.g. OMP_NUM_THREADS for networks too small to use threads.
+
+The file is checked before any job starts (exit status 2, one paragraph): no other top-level key,
+every job composes, and nothing in it (or after `--`) names code to run. Before dispatching, the jobs'
+run_ids are written to `<outputs>/sweeps/<name>.jobs.json`, so the figures count a run in every sweep
+that lists it, whichever sweep's process ran it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -25,30 +31,112 @@ from pathlib import Path
 
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 
+from phases.analysis.membership import write_job_list
 from phases.config.compose import compose
 from phases.store.identity import run_id
-from phases.store.record import CHECKPOINT_FILE, RunRecord, RunStatus, run_folder
+from phases.store.record import CHECKPOINT_FILE, LOCK_FILE, RECORD_FILE, RunRecord, RunStatus, is_crashed, run_folder
+
+TOP_LEVEL_KEYS = ("description", "cost", "overrides", "environment")
+# The variables a sweep file may set for its runs: thread counts and the choice of GPU. Others can make
+# the runs load code from elsewhere (LD_PRELOAD, PYTHONPATH, MPLCONFIGDIR's matplotlibrc backend, ...):
+# whoever runs a colleague's sweep file sets those in their own shell, knowingly.
+ENVIRONMENT_NAME = re.compile(r"(OMP|MKL|OPENBLAS|BLIS|NUMEXPR|VECLIB|KMP)_[A-Z0-9_]+"
+                              r"|CUDA_VISIBLE_DEVICES|CUBLAS_WORKSPACE_CONFIG|PYTORCH_CUDA_ALLOC_CONF")
+# Of Hydra's own settings an override may set only the launcher's: the search path, callbacks and
+# logging configuration can import or load code from any folder. `setup` is a launcher's shell
+# commands: only from the user's own command line (after `--`), never from a file.
+HYDRA_ALLOWED = ("hydra/launcher", "hydra.launcher.")
+SHELL_SETTINGS = ("hydra.launcher.setup",)
+ERROR_LINES = 10  # of Hydra's reason: the first lines say what is wrong (and list the options)
+NOT_REASONS = ("full_key:", "reference_type=", "object_type=", "Config search path", "provider=", "See https://")
+
+
+class SweepFileError(Exception):
+    """A sweep file or extra override refused before any job starts; the message is one paragraph."""
 
 
 def load_sweep(path: Path) -> dict:
     try:
         sweep = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise SystemExit(f"error: cannot read sweep file {path}: {error}") from error
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise SweepFileError(f"cannot read sweep file {path}: {paragraph(error)}") from error
     if not isinstance(sweep, dict) or not isinstance(sweep.get("overrides"), list) or not sweep["overrides"]:
-        raise SystemExit(f"error: {path} needs a list `overrides:` of Hydra overrides, e.g. [arch=vgg8,mlp, seed=0,1]"
-                         ", or a list of such lists (one multirun each)")
+        raise SweepFileError(f"{path} needs a list `overrides:` of Hydra overrides, e.g. [arch=vgg8,mlp, seed=0,1]"
+                             ", or a list of such lists (one multirun each)")
+    unknown = [str(key) for key in sweep if key not in TOP_LEVEL_KEYS]
+    if unknown:
+        raise SweepFileError(f"{path}: unknown top-level key `{unknown[0]}`; a sweep file holds only "
+                             f"{', '.join(TOP_LEVEL_KEYS)} (a setting of the runs goes into `overrides`)")
+    for key in ("description", "cost"):
+        if isinstance(sweep.get(key), (dict, list)):
+            raise SweepFileError(f"{path}: `{key}` is text, not a {type(sweep[key]).__name__}")
+    environment = sweep.get("environment") or {}
+    if not isinstance(environment, dict):
+        raise SweepFileError(f"{path}: `environment` is a mapping of variable names to values "
+                             f"(e.g. OMP_NUM_THREADS: 1), not a {type(environment).__name__}")
+    for name, value in environment.items():
+        if not isinstance(value, (str, int, float, bool)):
+            raise SweepFileError(f"{path}: environment variable {name} is given {value!r}; its value is one "
+                                 "number or text")
+        if not isinstance(name, str) or not ENVIRONMENT_NAME.fullmatch(name):
+            raise SweepFileError(f"{path}: a sweep file may not set the environment variable {name}: only thread "
+                                 f"counts and GPU choices ({ENVIRONMENT_NAME.pattern.replace('|', ', ')}); other "
+                                 "variables can make the runs load code, so set them in your own shell if you mean to")
     return sweep
 
 
-def multiruns(overrides: list) -> list[list[str]]:
+def multiruns(overrides: list, path: Path) -> list[list[str]]:
     """A sweep file's `overrides` as a list of multiruns: one list of overrides, or several."""
     nested = [isinstance(item, list) for item in overrides]
     if any(nested) and not all(nested):
-        raise SystemExit("error: `overrides:` mixes overrides and lists of overrides; use one form or the other")
+        raise SweepFileError(f"{path}: `overrides:` mixes overrides and lists of overrides; use one form or the other")
     groups = overrides if all(nested) else [overrides]
-    return [[str(override) for override in group] for group in groups]
+    for override in (override for group in groups for override in group):
+        if not isinstance(override, str):
+            raise SweepFileError(f"{path}: `overrides:` holds {override!r}; each override is text, key=value as typed "
+                                 "after `python -m phases.run -m` (quote it if YAML reads it otherwise)")
+    return [list(group) for group in groups]
+
+
+def paragraph(error: BaseException | None) -> str:
+    """An error's reason as one line: its lines and its causes' (Hydra chains the reason it got from
+    OmegaConf), without the lines that only say where in the config or in Hydra it happened."""
+    lines: list[str] = []
+    while error is not None:
+        for line in (line.strip() for line in str(error).splitlines()):
+            if line and not line.startswith(NOT_REASONS) and not any(line in seen for seen in lines):
+                lines.append(line)
+        error = error.__cause__
+    return " ".join(lines[:ERROR_LINES])
+
+
+def parse(override: str, source: str) -> Override:
+    try:
+        return OverridesParser.create().parse_overrides([override])[0]
+    except Exception as error:  # Hydra's parser raises its own types; all mean "not an override"
+        raise SweepFileError(f"{source}: `{override}` is not an override: {paragraph(error)}") from error
+
+
+def refuse_code(override: str, source: str, from_file: bool) -> None:
+    """Refuse an override that would have a run call, import or load code named by the text (`_target_`
+    can only be spelt out: Hydra's grammar has no escape that would make it of other characters)."""
+    why = None
+    if override.lstrip().startswith("-"):
+        why = "it is a command-line flag of Hydra, not an override"
+    elif "_target_" in override:
+        why = "`_target_` names a function to call"
+    elif re.search(r"\boc\.(decode|create)\s*:", override):
+        why = "oc.decode and oc.create build config nodes from text when the run starts, which could name code"
+    if why is None:
+        key = parse(override, source).key_or_group
+        if (key == "hydra" or key.startswith(("hydra.", "hydra/"))) and not key.startswith(HYDRA_ALLOWED):
+            why = "of Hydra's own settings only the launcher's may be set (hydra/launcher=..., hydra.launcher.*)"
+        elif from_file and key in SHELL_SETTINGS:
+            why = "it runs shell commands; give it after `--` on your own command line if you mean it"
+    if why:
+        raise SweepFileError(f"{source}: `{override}` is refused: {why}")
 
 
 def job_overrides(overrides: list[str]) -> list[list[str]]:
@@ -59,27 +147,62 @@ def job_overrides(overrides: list[str]) -> list[list[str]]:
     return [list(combination) for combination in itertools.product(*choices)]
 
 
+def first_failing(job: list[str]) -> str:
+    """The override at which composing the job first fails, group choices (`arch=linear`) first, since
+    the keys they bring (`arch.init_scale`) are only valid after them."""
+    ordered = sorted(job, key=lambda override: "." in override.split("=", 1)[0])
+    for count in range(1, len(ordered) + 1):
+        try:
+            compose(ordered[:count])
+        except Exception:  # the same failure as the whole job's: this override is where it starts
+            return ordered[count - 1]
+    return " ".join(job)
+
+
+def list_jobs(overrides: list[str], sweep_file: Path) -> list[tuple[list[str], Path]]:
+    jobs = []
+    try:
+        combinations = job_overrides(overrides)
+    except Exception as error:  # a sweep value list Hydra cannot expand, e.g. `seed=range(x)`
+        raise SweepFileError(f"{sweep_file}: the overrides do not form jobs: {paragraph(error)}") from error
+    for job in combinations:
+        try:
+            cfg = compose(job)
+        except Exception as error:  # Hydra's and our config errors have many types; each is the user's input
+            raise SweepFileError(f"{sweep_file}: the override `{first_failing(job)}` does not compose: "
+                                 f"{paragraph(error)} (job: {' '.join(job)})") from error
+        jobs.append((job, run_folder(cfg.paths.outputs, run_id(cfg))))
+    return jobs
+
+
 def job_status(folder: Path) -> tuple[str, str]:
     """(status, detail) of one job's run folder."""
-    record = RunRecord.find(folder)
-    if record is None:
+    if not (folder / RECORD_FILE).exists():
         return "pending", ""
+    if not (folder / RECORD_FILE).is_file():  # reading a pipe planted there would wait forever
+        return "unreadable", f"{RECORD_FILE} is not a plain file"
+    try:
+        record = RunRecord.read(folder)
+    except (OSError, ValueError, RecursionError) as error:
+        return "unreadable", f"{RECORD_FILE}: {paragraph(error)}"
     if record.status == RunStatus.done:
         return "done", ""
     if record.status == RunStatus.failed:
-        return "failed", record.error or ""
+        return "failed", str(record.error or "")
+    resumes = ""
     if (folder / CHECKPOINT_FILE).is_file():
-        step = "?" if record.steps_evaluated is None else record.steps_evaluated
-        return "partly done", f"resumes after step {step}"
+        resumes = f" after step {'?' if record.steps_evaluated is None else record.steps_evaluated}"
+    try:
+        crashed = is_crashed(folder, record)
+    except OSError:  # a lock that cannot be opened tells nothing: the recorded status stands
+        crashed = False
+    if crashed:
+        return "crashed", f"crashed: rerun the same command to resume{resumes}"
+    if record.status == RunStatus.running and (folder / LOCK_FILE).is_file():  # and its lock is held
+        return "running", "its process is running it now"
+    if resumes:
+        return "partly done", f"resumes{resumes}"
     return "pending", f"an earlier attempt stopped ({record.status.value})"
-
-
-def list_jobs(overrides: list[str]) -> list[tuple[list[str], Path]]:
-    jobs = []
-    for job in job_overrides(overrides):
-        cfg = compose(job)
-        jobs.append((job, run_folder(cfg.paths.outputs, run_id(cfg))))
-    return jobs
 
 
 def print_jobs(jobs: list[tuple[list[str], Path]], before: dict[Path, str] | None = None) -> dict[str, int]:
@@ -93,6 +216,31 @@ def print_jobs(jobs: list[tuple[list[str], Path]], before: dict[Path, str] | Non
     return counts
 
 
+def write_job_lists(name: str, sweep_file: Path, jobs: list[tuple[list[str], Path]]) -> None:
+    """One job list per outputs folder the jobs write to (an override may sweep paths.outputs too)."""
+    by_outputs: dict[Path, list[tuple[str, list[str]]]] = {}
+    for job, folder in jobs:
+        by_outputs.setdefault(folder.parent.parent, []).append((folder.name, job))
+    for outputs, listed in by_outputs.items():
+        try:
+            write_job_list(outputs, name, sweep_file, listed)
+        except OSError as error:
+            raise SweepFileError(f"cannot write the sweep's job list in {outputs}: {error.strerror or error}"
+                                 f"{': ' + str(error.filename) if error.filename else ''}") from error
+
+
+def prepare(arguments: argparse.Namespace, extra: list[str]) -> tuple[dict, list[list[str]], list[list]]:
+    """The sweep file read and checked, its multiruns and their jobs: SweepFileError on anything refused."""
+    sweep = load_sweep(arguments.sweep)
+    groups = multiruns(sweep["overrides"], arguments.sweep)
+    for override in dict.fromkeys(override for group in groups for override in group):  # in the file's order
+        refuse_code(override, str(arguments.sweep), from_file=True)
+    for override in extra:
+        refuse_code(override, "the overrides after `--`", from_file=False)
+    groups = [group + extra for group in groups]
+    return sweep, groups, [list_jobs(overrides, arguments.sweep) for overrides in groups]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", type=Path, help="a file in sweeps/")
@@ -102,11 +250,14 @@ def main() -> int:
         separator = own.index("--")
         own, extra = own[:separator], own[separator + 1 :]
     arguments = parser.parse_args(own)
-    sweep = load_sweep(arguments.sweep)
-    groups = [group + extra for group in multiruns(sweep["overrides"])]
-    group_jobs = [list_jobs(overrides) for overrides in groups]
+    name = arguments.sweep.stem
+    try:
+        sweep, groups, group_jobs = prepare(arguments, extra)
+    except SweepFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     jobs = [job for each in group_jobs for job in each]
-    print(f"{arguments.sweep.stem}: {sweep.get('description', '').strip()}")
+    print(f"{name}: {str(sweep.get('description') or '').strip()}")
     if sweep.get("cost"):
         print(f"cost: {str(sweep['cost']).strip()}")
     environment = {str(key): str(value) for key, value in (sweep.get("environment") or {}).items()}
@@ -119,14 +270,19 @@ def main() -> int:
         counts = print_jobs(jobs)
         print(", ".join(f"{count} {status}" for status, count in sorted(counts.items())))
         return 0
+    try:
+        write_job_lists(name, arguments.sweep, jobs)
+    except SweepFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     before = {folder: job_status(folder)[0] for _, folder in jobs}
     returncode = 0
     for overrides in groups:  # in order; a failed multirun does not stop the next one
         command = [sys.executable, "-m", "phases.run", "-m", *overrides]
-        # PHASES_SWEEP: each run records its sweep in run.json, so the report can group runs by sweep.
-        run_environment = {**os.environ, **environment, "PHASES_SWEEP": arguments.sweep.stem}
+        # PHASES_SWEEP: each run records the sweep that ran it in run.json (the job lists add the others).
+        run_environment = {**os.environ, **environment, "PHASES_SWEEP": name}
         returncode = subprocess.run(command, env=run_environment, check=False).returncode or returncode
-    print(f"summary of {arguments.sweep.stem}:")
+    print(f"summary of {name}:")
     counts = print_jobs(jobs, before)
     print(", ".join(f"{count} {status}" for status, count in sorted(counts.items())))
     unfinished = any(status != "done" and not status.startswith("skipped") for status in counts)

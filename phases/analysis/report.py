@@ -1,6 +1,7 @@
 """build(outputs): every sweep's figures and tables, then report.html, one page showing them all.
 
-Per sweep (the `sweep` recorded in each run.json; runs started directly are "single runs"):
+Per sweep (every sweep whose job list names a run, and the one its run.json names; runs started
+directly that no job list names are "single runs"):
 `figures/<sweep>--<figure>.png|pdf`, `tables/<sweep>--phase_table.csv|md|tex` (and the transfer
 table when runs measured transfer), then `report.html`, which opens offline in a browser. A figure
 is redrawn only when its sweep's metrics or the code that draws it changed (fingerprints in
@@ -49,8 +50,10 @@ def save_figure(figure: plt.Figure, stem: Path) -> None:
     plt.close(figure)
 
 
-def draw_sweep(metrics: pd.DataFrame, keys: list[str], stem: str, folder: Path, manifest: dict) -> list[Path]:
-    """The sweep's figures as PNG paths, drawing only those whose fingerprint changed."""
+def draw_sweep(metrics: pd.DataFrame, keys: list[str], stem: str, folder: Path, manifest: dict,
+               failures: list[str]) -> list[Path]:
+    """The sweep's figures as PNG paths, drawing only those whose fingerprint changed; a figure that
+    cannot be drawn is added to `failures` and redrawn next time."""
     drawn = []
     sweep_fingerprint = fingerprint(metrics, keys)
     for name, draw in plots.FIGURES.items():
@@ -59,7 +62,11 @@ def draw_sweep(metrics: pd.DataFrame, keys: list[str], stem: str, folder: Path, 
         if known and known["fingerprint"] == sweep_fingerprint and (not known["drawn"] or path.is_file()):
             drawn += [path] if known["drawn"] else []
             continue
-        figure = draw(metrics, keys)
+        try:
+            figure = draw(metrics, keys)
+        except Exception as error:  # measurements of an odd shape lose one figure, not the whole page
+            failures.append(f"figure {name} not drawn: {type(error).__name__}: {error}")
+            continue
         if figure is not None:
             save_figure(figure, path.with_suffix(""))
             drawn.append(path)
@@ -71,8 +78,14 @@ def draw_sweep(metrics: pd.DataFrame, keys: list[str], stem: str, folder: Path, 
     return drawn
 
 
-def sweep_tables(metrics: pd.DataFrame, keys: list[str], stem: str, folder: Path) -> dict[str, pd.DataFrame]:
-    built = {"phase table": tables.phase_table(metrics, keys), "transfer table": tables.transfer_table(metrics, keys)}
+def sweep_tables(metrics: pd.DataFrame, keys: list[str], stem: str, folder: Path,
+                 failures: list[str]) -> dict[str, pd.DataFrame]:
+    built = {}
+    for title, make in (("phase table", tables.phase_table), ("transfer table", tables.transfer_table)):
+        try:
+            built[title] = make(metrics, keys)
+        except Exception as error:  # as for figures: one table lost, not the whole page
+            failures.append(f"{title} not built: {type(error).__name__}: {error}")
     built = {title: table for title, table in built.items() if not table.empty}
     for title, table in built.items():
         tables.write_table(table, folder / f"{stem}--{title.replace(' ', '_')}")
@@ -105,7 +118,8 @@ figure { margin: 1.5em 0; } figcaption { color: #444; font-size: 0.9em; }
 </style>"""
 
 
-def sweep_section(sweep: str, runs: Runs, pictures: list[Path], built: dict[str, pd.DataFrame]) -> str:
+def sweep_section(sweep: str, runs: Runs, pictures: list[Path], built: dict[str, pd.DataFrame],
+                  failures: list[str]) -> str:
     own = runs.runs[runs.runs["sweep"] == sweep]
     counts = ", ".join(f"{count} {status}" for status, count in own["status"].value_counts().sort_index().items())
     parts = [f'<h2 id="{html.escape(slug(sweep))}">{html.escape(sweep)}</h2>', f"<p>{len(own)} runs: {counts}.</p>"]
@@ -115,6 +129,9 @@ def sweep_section(sweep: str, runs: Runs, pictures: list[Path], built: dict[str,
         parts += [f"<li>{html.escape(row.run_id)}: {html.escape(str(row.status))}"
                   f"{': ' + html.escape(str(row.reason)) if row.reason else ''}</li>" for row in left_out.itertuples()]
         parts.append("</ul>")
+    if failures:
+        parts.append('<ul class="left-out">' + "".join(f"<li>{html.escape(failure)}</li>" for failure in failures)
+                     + "</ul>")
     for picture in pictures:
         name = picture.stem.split("--", 1)[1]
         parts.append(f'<figure><img src="figures/{html.escape(picture.name)}" alt="{html.escape(name)}">'
@@ -138,32 +155,49 @@ def write_report(outputs: Path, sections: dict[str, str]) -> Path:
     return path
 
 
+def read_figure_manifest(path: Path) -> dict:
+    """The fingerprints of the figures drawn before; none (everything is redrawn) when the file is unusable."""
+    try:
+        manifest = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError, RecursionError):
+        return {}
+    if not isinstance(manifest, dict):
+        return {}
+    return {name: entry for name, entry in manifest.items() if isinstance(entry, dict)
+            and isinstance(entry.get("fingerprint"), str) and isinstance(entry.get("drawn"), bool)}
+
+
 def build(outputs: Path | str) -> int:
-    """Figures, tables and report.html of every run under `outputs`; the exit status (0 also when there
-    are no finished runs yet: that is said, not an error)."""
+    """Figures, tables and report.html of every run under `outputs`; the exit status: 0 also when there
+    are no finished runs yet (that is said, not an error), 1 when a figure or table could not be made.
+    OSError when the outputs folder cannot be read or written (phases.figures says so in one line)."""
     outputs = Path(outputs)
     runs = load_runs(outputs)
+    if runs.runs.empty:
+        print(f"no runs under {outputs / 'runs'}: make some with `make demo` or `make sweep-smoke`")
+        return 0
     if runs.metrics.empty:
         print(f"no finished runs under {outputs / 'runs'}: make some with `make demo` or `make sweep-smoke`")
-        if not runs.runs.empty:
-            print(summary(runs))
-        return 0
     print(summary(runs))
     write_tables(runs, outputs)
     plots.style()
     manifest_path = outputs / "figures" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    sections = {}
+    manifest = read_figure_manifest(manifest_path)
+    sections, failed = {}, False
     for sweep in sorted(runs.runs["sweep"].unique()):
-        metrics = runs.metrics[runs.metrics["sweep"] == sweep]
+        metrics = runs.metrics[runs.metrics["sweep"] == sweep] if not runs.metrics.empty else runs.metrics
         keys = ["dataset", "arch", *runs.settings.get(sweep, [])]
-        pictures, built = [], {}
+        pictures, built, failures = [], {}, []
         if not metrics.empty:
             metrics = metrics.dropna(axis=1, how="all")
             keys = [key for key in keys if key in metrics]
-            pictures = draw_sweep(metrics, keys, slug(sweep), outputs / "figures", manifest)
-            built = sweep_tables(metrics, keys, slug(sweep), outputs / "tables")
-        sections[sweep] = sweep_section(sweep, runs, pictures, built)
-    write_json(manifest_path, manifest)
+            pictures = draw_sweep(metrics, keys, slug(sweep), outputs / "figures", manifest, failures)
+            built = sweep_tables(metrics, keys, slug(sweep), outputs / "tables", failures)
+        for failure in failures:
+            print(f"{sweep}: {failure}")
+        failed = failed or bool(failures)
+        sections[sweep] = sweep_section(sweep, runs, pictures, built, failures)
+    if manifest:
+        write_json(manifest_path, manifest)
     print(f"wrote {write_report(outputs, sections)}")
-    return 0
+    return 1 if failed else 0
