@@ -33,10 +33,10 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 
-from phases.analysis.membership import write_job_list
 from phases.config.compose import compose
 from phases.store.identity import run_id
 from phases.store.record import CHECKPOINT_FILE, LOCK_FILE, RECORD_FILE, RunRecord, RunStatus, is_crashed, run_folder
+from phases.store.sweep_jobs import write_job_list
 
 TOP_LEVEL_KEYS = ("description", "cost", "overrides", "environment")
 # The variables a sweep file may set for its runs: thread counts and the choice of GPU. Others can make

@@ -2,7 +2,7 @@
 
 Reads `<outputs>/runs/*/metrics.parquet`, checks each file's schema against the one runs write,
 attaches each run's status, sweeps and settings (from run.json, config.yaml and the sweeps' job lists,
-phases.analysis.membership) and writes `tables/metrics.parquet` (the finished runs' rows, once per sweep
+phases.store.sweep_jobs) and writes `tables/metrics.parquet` (the finished runs' rows, once per sweep
 the run belongs to) and `tables/runs.csv` (a row per run and sweep: its status and why it is left
 out). Runs that failed, are unfinished or unreadable, stray files in `runs/` and unreadable job lists
 are listed with their reason, never mixed in: no file under `outputs` can stop the others being drawn.
@@ -17,11 +17,11 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
-from phases.analysis.membership import read_job_lists
 from phases.store.files import write_atomically
 from phases.store.identity import NON_RESULT_KEYS
 from phases.store.metrics import METRICS_SCHEMA, read_metrics
 from phases.store.record import CONFIG_FILE, METRICS_FILE, RECORD_FILE, RunRecord, RunStatus, is_crashed
+from phases.store.sweep_jobs import read_job_lists
 
 # Settings that never tell two experiments apart (the seed is what seeds aggregate over; the rest is
 # where or how fast a run happened, or a name repeated in the metrics' own columns).
