@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from phases.config.compose import register_configs
 from phases.config.validation import ConfigError
 from phases.training.data import DataFormatError, DataNotFoundError
-from phases.training.execute import execute, record_failure_before_start
+from phases.training.execute import execute, record_failure
 from phases.training.train import Interrupted
 
 register_configs()  # before Hydra composes: conf/*.yaml extend the schemas it stores
@@ -34,24 +34,33 @@ def in_sweep() -> bool:
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     # In a sweep one job's failure must not stop the others: it is recorded in its run.json and the
-    # sweep goes on (phases.sweep reports it at the end); a single run exits non-zero instead.
+    # sweep goes on (phases.sweep reports it at the end); a single run exits non-zero instead (2: the
+    # input, 3: interrupted, 1: anything else).
+    # Each message says what became of the failure in run.json (record_failure), as it happened.
     sweeping = in_sweep()
     try:
         execute(cfg, job_number=HydraConfig.get().job.num if sweeping else 0)
     except (ConfigError, DataNotFoundError, DataFormatError) as error:
         # Input errors are the user's to fix: the message says what and how; a traceback would bury it.
-        print(f"error: {error}", file=sys.stderr)
-        if sweeping:
-            record_failure_before_start(cfg, error)
-            return
-        sys.exit(2)
-    except Interrupted as error:
-        print(f"interrupted: {error}; run the same command again to resume", file=sys.stderr)
+        outcome = record_failure(cfg, error, write=sweeping)
+        print(f"error: {error}" + (f" ({outcome})" if outcome else ""), file=sys.stderr)
+        if not sweeping:
+            sys.exit(2)
+    except (Interrupted, KeyboardInterrupt) as error:
+        # A signal stops the whole process, sweep included; the last checkpoint stands either way.
+        print(f"interrupted: {str(error) or 'Ctrl-C'}; run the same command again to resume", file=sys.stderr)
         sys.exit(3)
     except Exception as error:
-        if not sweeping:
-            raise
-        print(f"error: run failed ({type(error).__name__}: {error}); recorded in its run.json", file=sys.stderr)
+        outcome = record_failure(cfg, error, write=sweeping)
+        message = f"error: run failed ({type(error).__name__}: {error})" + (f"; {outcome}" if outcome else "")
+        if sweeping:
+            print(message, file=sys.stderr)
+            return
+        if isinstance(error, OSError):  # a full disk, a lost permission: the machine's state, not a bug to trace
+            print(message, file=sys.stderr)
+            sys.exit(1)
+        print(f"{message}; its traceback:", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """A run's folder: where it lives, its lock, and RunRecord, the only reader and writer of its run.json.
 
 `<paths.outputs>/runs/<run_id>/` holds `config.yaml`, `run.json`, `metrics.parquet` and, while the
-run is unfinished, `checkpoint.pt`. run.json says what the run is doing or did (status, error),
-where it came from (command, sweep, git commit, versions, host, device) and how long it took.
+run is unfinished, `checkpoint.pt` (and any `checkpoint.pt.corrupt-<time>` a run rejected). run.json
+says what the run is doing or did (status, error, traceback, rejected_checkpoint), where it came from
+(command, sweep, git commit, versions, host, device) and how long it took.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
+from traceback import format_exception
 from typing import Any
 
 from phases.store.files import write_json
@@ -26,12 +29,16 @@ CONFIG_FILE = "config.yaml"  # the resolved config
 METRICS_FILE = "metrics.parquet"  # phases.store.metrics
 CHECKPOINT_FILE = "checkpoint.pt"  # only while the run is unfinished: what a rerun resumes from
 LOCK_FILE = ".lock"  # held (flock) by the process running it
+LOCK_WAIT_S = 2.0  # how long run_lock retries a lock held by someone else before calling it taken
 
 
 class RunStatus(str, Enum):
-    running = "running"  # started, or killed without a chance to say so: a rerun resumes it
-    interrupted = "interrupted"  # stopped on a signal after saving a checkpoint: a rerun resumes it
-    failed = "failed"  # an error stopped it; `error` says which
+    # Working now, while its process holds the folder's lock; with the lock free, the process died
+    # without a chance to say so (SIGKILL, a node failure, a full disk): shown as crashed (is_crashed).
+    # A rerun resumes it either way.
+    running = "running"
+    interrupted = "interrupted"  # stopped on SIGINT (Ctrl-C) or SIGTERM, checkpoint kept: a rerun resumes it
+    failed = "failed"  # an error stopped it; `error` says which, `traceback` where: a rerun tries again
     done = "done"  # every evaluation written: a rerun skips it
 
 
@@ -44,6 +51,10 @@ class RunRecord:
     run_id: str
     status: RunStatus
     error: str | None = None  # "<ExceptionType>: <message>" of a failed or interrupted run
+    traceback: str | None = None  # of a failed run: where the error arose
+    # "<the file's new name>: <why>" when a checkpoint.pt that did not load as a checkpoint of this run
+    # was moved aside (phases.training.checkpoint) and the run started again from scratch.
+    rejected_checkpoint: str | None = None
     sweep: str | None = None  # the sweeps/<name>.yaml that ran it (PHASES_SWEEP); None for a direct run
     command: list[str] | None = None
     data_source: str | None = None  # the folder the dataset was read from
@@ -61,6 +72,23 @@ class RunRecord:
         content = {key: value for key, value in dataclasses.asdict(self).items() if key != "provenance"}
         content["status"] = self.status.value
         write_json(folder / RECORD_FILE, {**self.provenance, **content})
+
+    def stop(self, error: BaseException, interrupted: bool, wall_time_s: float | None = None) -> None:
+        """Say why the attempt ended early: interrupted (a signal; a rerun resumes) or failed, with the
+        traceback. Not written yet: see write_or_explain."""
+        self.status = RunStatus.interrupted if interrupted else RunStatus.failed
+        self.error = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        self.traceback = None if interrupted else "".join(format_exception(error))
+        self.ended_at, self.wall_time_s = now(), wall_time_s
+
+    def write_or_explain(self, folder: Path) -> str | None:
+        """Write run.json, or say in one line why it could not be (a full disk, a lost write permission),
+        naming the file and the OS error: for a caller already handling a failure, which must not raise."""
+        try:
+            self.write(folder)
+        except OSError as error:
+            return f"could not write {folder / RECORD_FILE} ({self.status.value}): {error.strerror or error}"
+        return None
 
     @classmethod
     def read(cls, folder: Path) -> RunRecord:
@@ -116,11 +144,18 @@ def run_lock(folder: Path) -> Iterator[bool]:
     """
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / LOCK_FILE, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
+        # is_crashed (a sweep's summary, the analysis) holds a shared lock for a moment: only a lock
+        # still held after LOCK_WAIT_S belongs to another run.
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.05)
         try:
             yield True
         finally:

@@ -13,26 +13,27 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from phases.config.options import dataset_option
-from phases.config.validation import ConfigError, validate
-from phases.store.files import write_text
+from phases.config.validation import ConfigError, check_probe_layers, require, validate
+from phases.store.files import remove_temporary_files, writable_folder_problem, write_text
 from phases.store.identity import optimizer_name, run_id
 from phases.store.metrics import write_metrics
-from phases.store.record import CONFIG_FILE, METRICS_FILE, RunRecord, RunStatus, now, run_folder, run_lock
+from phases.store.record import CONFIG_FILE, METRICS_FILE, RECORD_FILE, RunRecord, RunStatus, now, run_folder, run_lock
 from phases.training.checkpoint import Checkpoint
 from phases.training.data import DataNotFoundError, ImageSplits, dataset_info, load_image_splits, transfer_partner
 from phases.training.device import place_model, resolve_device
 from phases.training.evaluation import Evaluator, check_activation_memory, check_enabled
 from phases.training.models import ProbedNetwork, build_model
+from phases.training.optimizers import build_optimizer
 from phases.training.probes import OWN_DATASET, TRANSFER_PARTNER, Probe, build_probes
 from phases.training.provenance import provenance
 from phases.training.train import Interrupted, TrainingState, train
@@ -64,6 +65,13 @@ def load_datasets(cfg: DictConfig, device: torch.device, probe_datasets: set[str
     return datasets
 
 
+def check_batch_statistics(model: ProbedNetwork, cfg: DictConfig) -> None:
+    """BatchNorm in training mode cannot normalise a batch of one image whose feature map is 1x1."""
+    if any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules()):
+        require(cfg.schedule.batch_size >= 2, "schedule.batch_size", cfg.schedule.batch_size,
+                f"at least 2 images: arch {cfg.arch.name} normalises with batch statistics (BatchNorm)")
+
+
 def already_done(cfg: DictConfig, folder: Path) -> bool:
     record = RunRecord.find(folder)
     done = record is not None and record.status == RunStatus.done and not cfg.force
@@ -75,10 +83,12 @@ def already_done(cfg: DictConfig, folder: Path) -> bool:
 def execute(cfg: DictConfig, job_number: int = 0) -> RunRecord | str:
     """Run (or skip) one configuration: its final RunRecord, or SKIPPED / LOCKED. `job_number` is the
     job's number in a sweep (it picks the GPU of a local sweep)."""
+    validate(cfg)  # every key and range, before anything is built from them
     info = dataset_info(cfg.dataset)
     seed_everything(cfg.seed)
     model = build_model(cfg.arch, info)
-    validate(cfg, model.selectable_points())
+    check_probe_layers(cfg, model.selectable_points())
+    check_batch_statistics(model, cfg)
     check_enabled(list(cfg.probe.enabled))
     probes = build_probes(cfg.probe, cfg.seed, info)
     probe_datasets = {probe.dataset for probe in probes}
@@ -88,6 +98,9 @@ def execute(cfg: DictConfig, job_number: int = 0) -> RunRecord | str:
     folder = run_folder(cfg.paths.outputs, run_id(cfg))
     if already_done(cfg, folder):
         return SKIPPED
+    problem = writable_folder_problem(folder.parent)
+    if problem:
+        raise ConfigError("paths.outputs", cfg.paths.outputs, f"a folder this user can write ({problem})")
     datasets = load_datasets(cfg, device, probe_datasets)
     check_activation_memory(model, datasets, cfg.probe)
     training_images = len(datasets[OWN_DATASET].train_labels)
@@ -106,27 +119,50 @@ def execute(cfg: DictConfig, job_number: int = 0) -> RunRecord | str:
 
 def train_and_probe(cfg: DictConfig, model: ProbedNetwork, datasets: dict[str, ImageSplits], probes: list[Probe],
                     device: torch.device, folder: Path) -> RunRecord:
-    """Train and measure in `folder` (locked by the caller), resuming from its checkpoint if it has one."""
-    metrics_path = folder / METRICS_FILE
-    model = place_model(model, device)
-    optimizer = hydra.utils.instantiate(cfg.optimizer, params=model.parameters())
-    rows: list[dict[str, Any]] = []
-    checkpoint = Checkpoint(folder, model, optimizer, rows)
-    if cfg.force:
-        checkpoint.remove()
-    state = None
-    if checkpoint.exists():
-        state = checkpoint.load(device)
-        print(f"run {folder.name}: resuming from its checkpoint at step {state.step}")
-    else:
-        metrics_path.unlink(missing_ok=True)  # left by an attempt killed before its first checkpoint
-    write_text(folder / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+    """Train and measure in `folder` (locked by the caller), resuming from its checkpoint if it has a
+    usable one. Whatever stops it from here on is recorded in run.json: interrupted (SIGINT, SIGTERM)
+    or failed with the traceback; when run.json itself cannot be written, one line on stderr says so."""
     record = RunRecord(run_id=folder.name, status=RunStatus.running, command=sys.argv,
                        sweep=os.environ.get("PHASES_SWEEP"),  # set by phases.sweep (make sweep-<name>)
-                       data_source=datasets[OWN_DATASET].source, started_at=now(),
-                       resumed_from_step=None if state is None else state.step, provenance=provenance(str(device)))
-    record.write(folder)
+                       data_source=datasets[OWN_DATASET].source, started_at=now())
     started = time.perf_counter()
+    try:
+        with stop_on_signals() as stop_requested:
+            checkpoint, state = attempt(cfg, model, datasets, probes, device, folder, record, stop_requested)
+        record.status, record.ended_at = RunStatus.done, now()
+        record.wall_time_s = round(time.perf_counter() - started, 3)
+        # Summed over every attempt when the run was resumed.
+        record.training_time_s = round(state.times.training_seconds, 3)
+        record.probing_time_s = round(state.times.evaluation_seconds, 3)
+        record.write(folder)
+    except BaseException as error:
+        record.stop(error, isinstance(error, (Interrupted, KeyboardInterrupt)), round(time.perf_counter() - started, 3))
+        problem = record.write_or_explain(folder)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+        # For the front door's message (record_failure): what became of this error in run.json.
+        error.run_record = "not recorded: run.json could not be written" if problem \
+            else f"recorded in {folder / RECORD_FILE}"
+        raise
+    checkpoint.remove()  # the metrics are final: nothing left to resume
+    print(f"run {folder.name} done in {record.wall_time_s:.0f} s (training {record.training_time_s:.0f} s, "
+          f"probing {record.probing_time_s:.0f} s): {folder}")
+    return record
+
+
+def attempt(cfg: DictConfig, model: ProbedNetwork, datasets: dict[str, ImageSplits], probes: list[Probe],
+            device: torch.device, folder: Path, record: RunRecord,
+            stop_requested: Callable[[], bool]) -> tuple[Checkpoint, TrainingState]:
+    """train_and_probe's work: from a fresh start or the checkpoint to the last evaluation."""
+    metrics_path = folder / METRICS_FILE
+    record.provenance = provenance(str(device))
+    model = place_model(model, device)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    rows: list[dict[str, Any]] = []
+    checkpoint = Checkpoint(folder, model, optimizer, rows)
+    state = start_or_resume(cfg, checkpoint, folder, device, record, len(datasets[OWN_DATASET].train_labels))
+    write_text(folder / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+    record.write(folder)
 
     evaluator = Evaluator(model, datasets, probes, cfg.probe, cfg.seed, cfg.schedule.batch_size)
     identity = {"run_id": folder.name, "dataset": cfg.dataset.name, "arch": cfg.arch.name,
@@ -141,54 +177,80 @@ def train_and_probe(cfg: DictConfig, model: ProbedNetwork, datasets: dict[str, I
         return next(row["value"] for row in measured
                     if row["probe"] == "classifier" and row["metric"] == "accuracy" and row["split"] == "test")
 
-    def save_checkpoint(training_state: TrainingState) -> None:
-        checkpoint.save(training_state)
+    state = train(model, optimizer, datasets[OWN_DATASET], cfg.schedule, cfg.seed, evaluate, checkpoint.save,
+                  state, stop_requested, progress=cfg.progress)
+    return checkpoint, state
 
-    try:
-        with stop_on_signals() as stop_requested:
-            state = train(model, optimizer, datasets[OWN_DATASET], cfg.schedule, cfg.seed, evaluate, save_checkpoint,
-                          state, stop_requested, progress=cfg.progress)
-    except BaseException as error:
-        record.status = RunStatus.interrupted if isinstance(error, Interrupted) else RunStatus.failed
-        record.error = f"{type(error).__name__}: {error}"
-        record.ended_at, record.wall_time_s = now(), round(time.perf_counter() - started, 3)
-        record.write(folder)
-        raise
-    record.status, record.ended_at = RunStatus.done, now()
-    record.wall_time_s = round(time.perf_counter() - started, 3)
-    # Summed over every attempt when the run was resumed.
-    record.training_time_s = round(state.times.training_seconds, 3)
-    record.probing_time_s = round(state.times.evaluation_seconds, 3)
-    record.write(folder)
-    checkpoint.remove()  # the metrics are final: nothing left to resume
-    print(f"run {folder.name} done in {record.wall_time_s:.0f} s (training {record.training_time_s:.0f} s, "
-          f"probing {record.probing_time_s:.0f} s): {folder}")
-    return record
+
+def start_or_resume(cfg: DictConfig, checkpoint: Checkpoint, folder: Path, device: torch.device, record: RunRecord,
+                    training_images: int) -> TrainingState | None:
+    """Clear what killed attempts leave, then the checkpoint's state (model, optimizer and rows
+    restored), or None to start from scratch: there is none, force=true, or it was not usable."""
+    removed = remove_temporary_files(folder)
+    if removed:
+        print(f"run {folder.name}: removed the temporary files of interrupted writes: {', '.join(removed)}")
+    if cfg.force:
+        checkpoint.remove()
+    previous = RunRecord.find(folder)
+    state = checkpoint.resume(device, cfg.schedule.max_steps, training_images)
+    if checkpoint.rejected:
+        record.rejected_checkpoint = checkpoint.rejected
+        print(f"warning: run {folder.name}: its checkpoint could not be used and was moved aside "
+              f"({checkpoint.rejected}); starting again from step 0", file=sys.stderr)
+    if state is None:
+        (folder / METRICS_FILE).unlink(missing_ok=True)  # left by an attempt killed before its first checkpoint
+        return None
+    print(f"run {folder.name}: resuming from its checkpoint at step {state.step}")
+    record.resumed_from_step = state.step
+    # A checkpoint rejected by an earlier attempt stays in the run's record while the run goes on from it.
+    record.rejected_checkpoint = previous.rejected_checkpoint if previous else None
+    return state
 
 
 @contextmanager
 def stop_on_signals():
-    """While the block runs, SIGTERM (kill, scancel, a local launcher's timeout) asks the training loop
-    to checkpoint and stop at the next step instead of dying mid-step."""
+    """While the block runs, SIGINT (Ctrl-C) and SIGTERM (kill, scancel, a local launcher's timeout) ask
+    the training loop to checkpoint and stop at the next step instead of dying mid-step or mid-write. A
+    second signal stops at once (KeyboardInterrupt): the last checkpoint stands, so that is resumable too."""
     requested = threading.Event()
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield requested.is_set
         return
-    previous = signal.signal(signal.SIGTERM, lambda _signal, _frame: requested.set())
+
+    def request_stop(number: int, _frame: Any) -> None:
+        name = signal.Signals(number).name
+        if requested.is_set():
+            raise KeyboardInterrupt(f"a second {name}")
+        requested.set()
+        # os.write, not print: the handler may run while the progress bar is writing to sys.stderr.
+        os.write(2, f"{name}: stopping at the next step after a checkpoint; send it again to stop now\n".encode())
+
+    # An ignored SIGINT stays ignored: a shell starts background jobs that way so that Ctrl-C spares them.
+    handled = [number for number in (signal.SIGINT, signal.SIGTERM)
+               if number == signal.SIGTERM or signal.getsignal(number) is not signal.SIG_IGN]
+    previous = {number: signal.signal(number, request_stop) for number in handled}
     try:
         yield requested.is_set
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
-def record_failure_before_start(cfg: DictConfig, error: Exception) -> None:
-    """In a sweep, a job whose input is wrong leaves a run.json saying why, so the sweep's summary
-    can report it; nothing else is written for it."""
+def record_failure(cfg: DictConfig, error: BaseException, write: bool) -> str | None:
+    """What became of `error` in the run's run.json, for the front door's error line: recorded by the
+    run itself (train_and_probe), or, with `write` (a sweep, whose summary reads run.json), recorded now
+    for a run that never started, unless its run.json keeps an earlier attempt's resumable state."""
+    outcome = getattr(error, "run_record", None)
+    if outcome is not None or not write:
+        return outcome
     try:
         folder = run_folder(cfg.paths.outputs, run_id(cfg))
     except Exception:  # noqa: BLE001 - a config too broken to name its run has nowhere to be recorded
-        return
+        return "not recorded: the config names no run folder"
     existing = RunRecord.find(folder)
-    if existing is None or existing.status == RunStatus.failed:
-        RunRecord(run_id=folder.name, status=RunStatus.failed, ended_at=now(),
-                  error=f"{type(error).__name__}: {error}").write(folder)
+    if existing is not None and existing.status != RunStatus.failed:
+        return f"not recorded: {folder / RECORD_FILE} keeps the status {existing.status.value} of an earlier attempt"
+    record = RunRecord(run_id=folder.name, status=RunStatus.failed)
+    record.stop(error, interrupted=False)
+    problem = record.write_or_explain(folder)
+    return f"not recorded: {problem}" if problem else f"recorded in {folder / RECORD_FILE}"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +53,7 @@ LOSS_READ_INTERVAL = 25
 
 
 class Interrupted(Exception):
-    """A stop was requested (e.g. SIGTERM); the state was checkpointed first, so a rerun resumes."""
+    """A stop was requested (SIGINT or SIGTERM); the state was checkpointed first, so a rerun resumes."""
 
 
 @dataclass
@@ -66,6 +68,47 @@ class TrainingState:
     order_generator_state: torch.Tensor | None = None
     test_accuracy: float = float("nan")  # last measured, for the progress bar
     times: TrainingTimes = field(default_factory=TrainingTimes)
+
+    def as_plain(self) -> dict[str, Any]:
+        """The state as tensors, numbers and dicts: what `torch.load(weights_only=True)` reads back."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_plain(cls, plain: Any, max_steps: int, training_images: int) -> TrainingState:
+        """Rebuild a state saved by `as_plain`; ValueError when `plain` is not one, or does not fit a
+        run of `max_steps` updates on `training_images` images (train() would fail on it, every rerun)."""
+        expected = {entry.name for entry in dataclasses.fields(cls)}
+        if not isinstance(plain, dict) or set(plain) != expected:
+            raise ValueError(f"the training state needs exactly the keys {sorted(expected)}")
+        times = plain["times"]
+        if not isinstance(times, dict) or set(times) != {entry.name for entry in dataclasses.fields(TrainingTimes)} \
+                or not all(isinstance(value, float) for value in times.values()):
+            raise ValueError("the training state's times are not the training and evaluation seconds")
+        order, generator_state = plain["order"], plain["order_generator_state"]
+        fits = {
+            "step": _is_integer(plain["step"]) and 0 <= plain["step"] <= max_steps,
+            "evaluated": isinstance(plain["evaluated"], bool),
+            "position": _is_integer(plain["position"]) and 0 <= plain["position"] <= training_images,
+            "order": isinstance(order, torch.Tensor) and order.dtype == torch.int64
+            and order.shape == (training_images,),
+            "order_generator_state": isinstance(generator_state, torch.Tensor)
+            and generator_state.dtype == torch.uint8 and generator_state.shape == GENERATOR_STATE_SHAPE,
+            "test_accuracy": isinstance(plain["test_accuracy"], float),
+        }
+        wrong = [name for name, fitting in fits.items() if not fitting]
+        if wrong:
+            raise ValueError(f"the training state's {', '.join(wrong)} do not fit this run "
+                             f"({max_steps} steps, {training_images} training images)")
+        return cls(**{**plain, "order": order.cpu(), "order_generator_state": generator_state.cpu(),
+                      "times": TrainingTimes(**times)})
+
+
+# The shape of a CPU generator's state, which the data order's generator restores.
+GENERATOR_STATE_SHAPE = torch.Generator().get_state().shape
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def train(
