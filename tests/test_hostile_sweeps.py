@@ -3,6 +3,7 @@ both; no file under an outputs folder stops `phases.figures`; a run whose proces
 crashed; a sweep file is checked against its schema and may name no code; the Makefile quotes paths.
 Run folders are written by hand (a tiny metrics.parquet, run.json, config.yaml): nothing trains here."""
 
+import errno
 import fcntl
 import json
 import os
@@ -10,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from argparse import Namespace
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from phases import figures as figures_front_door
 from phases import sweep as sweep_module
 from phases.analysis.runs import load_runs
 from phases.store.metrics import write_metrics
@@ -153,23 +156,34 @@ def test_no_file_under_outputs_stops_the_figures_and_each_is_listed_with_its_rea
     assert pd.read_parquet(outputs / "tables" / "metrics.parquet")["run_id"].nunique() == 6
 
 
-@pytest.mark.parametrize("how", ["file-shaped", "read-only"])
-def test_an_outputs_folder_that_cannot_be_written_is_said_in_one_line(tmp_path, how):
+def test_an_outputs_folder_with_a_file_where_a_folder_goes_is_said_in_one_line(tmp_path):
     outputs = tmp_path / "outputs"
     shutil.copytree(FIXTURE, outputs)
-    if how == "file-shaped":
-        (outputs / "tables").write_text("a file where the tables folder goes")
-    else:
-        if os.geteuid() == 0:
-            pytest.skip("root writes into read-only folders")
-        outputs.chmod(0o555)
-    try:
-        result = figures(outputs)
-    finally:
-        outputs.chmod(0o755)
+    (outputs / "tables").write_text("a file where the tables folder goes")
+    result = figures(outputs)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith("error: cannot read or write") and "tables" in result.stderr
+
+
+def test_a_read_only_outputs_folder_is_said_in_one_line(tmp_path, monkeypatch, capsys):
+    """Root writes into a chmod-555 folder, so the refusal a read-only mount gives is made here: every
+    temporary file below the outputs folder fails with EROFS, as on a read-only file system."""
+    outputs = tmp_path / "outputs"
+    shutil.copytree(FIXTURE, outputs)
+    real_mkstemp = tempfile.mkstemp
+
+    def read_only_mkstemp(*arguments, dir=None, **keywords):  # noqa: A002 - tempfile's own keyword
+        if dir is not None and Path(dir).is_relative_to(outputs):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
+        return real_mkstemp(*arguments, dir=dir, **keywords)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only_mkstemp)
+    monkeypatch.setattr(sys, "argv", ["phases.figures", "--outputs", str(outputs)])
+    assert figures_front_door.main() == 1
+    errors = capsys.readouterr().err
+    assert "Traceback" not in errors and len(errors.strip().splitlines()) == 1
+    assert errors.startswith("error: cannot read or write") and "Read-only file system" in errors
 
 
 def test_a_run_whose_process_died_shows_as_crashed_in_the_figures_and_the_sweep(tmp_path, monkeypatch, capsys):
