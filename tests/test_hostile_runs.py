@@ -1,5 +1,5 @@
 """No run is ever stuck, and no file in a run folder runs code: planted and broken checkpoints, leftovers
-of killed writes, Ctrl-C, failures while the run is set up, a full disk or a lost write permission."""
+of killed writes, failures while the run is set up, a full disk or a lost write permission."""
 
 import errno
 import fcntl
@@ -8,11 +8,9 @@ import json
 import os
 import pickle
 import runpy
-import signal
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,7 @@ from phases.store.identity import run_id
 from phases.store.record import LOCK_FILE, RunRecord, RunStatus, is_crashed, run_folder, run_lock
 from phases.training.checkpoint import Checkpoint
 from phases.training.train import TrainingState
-from tests.resume_helpers import SETTINGS, assert_same_metrics, metrics, start, steps_written
+from tests.resume_helpers import SETTINGS, assert_same_metrics, metrics, start
 
 # A run of seconds in this process, as tests/test_run.py's QUICK runs one in a subprocess.
 QUICK = ["schedule.max_steps=4", "schedule.batch_size=32", "probe.train_size=64", "probe.test_size=48",
@@ -131,26 +129,6 @@ def test_temporary_files_of_killed_writes_are_removed_at_the_next_start(data_dir
     assert execute_module.execute(cfg).status == RunStatus.done
     assert not any(leftover.exists() for leftover in leftovers)
     assert "removed the temporary files of interrupted writes: .checkpoint.pt.k2j4x9.tmp" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_ctrl_c_is_recorded_as_interrupted_and_the_rerun_resumes(resume_data_dir, tmp_path, uninterrupted):
-    outputs = tmp_path / "outputs"
-    process = start(resume_data_dir, outputs)
-    while steps_written(outputs) < 5 and process.poll() is None:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=120) == 3
-    assert "run the same command again to resume" in process.stderr.read()
-    (folder,) = (outputs / "runs").iterdir()
-    record = json.loads((folder / "run.json").read_text())
-    assert record["status"] == "interrupted" and record["traceback"] is None
-    assert (folder / "checkpoint.pt").is_file()
-    rerun = start(resume_data_dir, outputs)
-    assert rerun.wait(timeout=600) == 0, rerun.stderr.read()
-    assert "resuming from its checkpoint at step" in rerun.stdout.read()
-    assert json.loads((folder / "run.json").read_text())["status"] == "done"
-    assert_same_metrics(metrics(outputs), uninterrupted)
 
 
 def test_a_failure_while_the_optimizer_is_built_is_recorded_with_its_traceback(data_dir, tmp_path, monkeypatch,

@@ -46,16 +46,19 @@ def test_kill_9_at_any_moment_then_rerun_gives_the_uninterrupted_metrics(resume_
     assert_same_metrics(metrics(outputs), uninterrupted)
 
 
-def test_sigterm_checkpoints_and_the_rerun_resumes(resume_data_dir, tmp_path, uninterrupted):
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT (Ctrl-C)"])
+def test_a_stop_signal_checkpoints_records_interrupted_and_the_rerun_resumes(resume_data_dir, tmp_path, uninterrupted,
+                                                                             signal_number):
     outputs = tmp_path / "outputs"
     process = start(resume_data_dir, outputs)
     while steps_written(outputs) < 5 and process.poll() is None:
         time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal_number)
     assert process.wait(timeout=120) == 3
     assert "run the same command again to resume" in process.stderr.read()
     (folder,) = (outputs / "runs").iterdir()
-    assert json.loads((folder / "run.json").read_text())["status"] == "interrupted"
+    record = json.loads((folder / "run.json").read_text())
+    assert record["status"] == "interrupted" and record["traceback"] is None
     assert (folder / "checkpoint.pt").is_file()
     rerun = start(resume_data_dir, outputs)
     assert rerun.wait(timeout=600) == 0
