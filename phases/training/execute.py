@@ -48,13 +48,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_datasets(cfg: DictConfig, device: torch.device, probe_datasets: set[str]) -> dict[str, ImageSplits]:
-    """The run's dataset and, when a probe reads it (dataset-switch transfer), its partner (with its own
+def load_datasets(cfg: DictConfig, device: torch.device, partner: str | None) -> dict[str, ImageSplits]:
+    """The run's dataset and, when a probe reads it (dataset-switch transfer), its `partner` (with its own
     normalisation and the run's subset sizes); a missing one stops the run before anything is written."""
     datasets = {OWN_DATASET: load_image_splits(cfg.dataset, cfg.paths, cfg.seed, device)}
-    if TRANSFER_PARTNER not in probe_datasets:
+    if partner is None:
         return datasets
-    partner = transfer_partner(cfg.dataset.name)
     partner_cfg = dataset_option(partner)
     partner_cfg.train_size, partner_cfg.test_size = cfg.dataset.train_size, cfg.dataset.test_size
     try:
@@ -91,9 +90,8 @@ def execute(cfg: DictConfig, job_number: int = 0) -> RunRecord | str:
     check_batch_statistics(model, cfg)
     check_enabled(list(cfg.probe.enabled))
     probes = build_probes(cfg.probe, cfg.seed, info)
-    probe_datasets = {probe.dataset for probe in probes}
-    if TRANSFER_PARTNER in probe_datasets:
-        transfer_partner(cfg.dataset.name)  # a dataset without a partner fails here, before any folder
+    # A dataset without a partner fails here, before any folder is written.
+    partner = transfer_partner(cfg.dataset.name) if any(probe.dataset == TRANSFER_PARTNER for probe in probes) else None
     device = resolve_device(cfg.device, job_number)
     folder = run_folder(cfg.paths.outputs, run_id(cfg))
     if already_done(cfg, folder):
@@ -101,7 +99,7 @@ def execute(cfg: DictConfig, job_number: int = 0) -> RunRecord | str:
     problem = writable_folder_problem(folder.parent)
     if problem:
         raise ConfigError("paths.outputs", cfg.paths.outputs, f"a folder this user can write ({problem})")
-    datasets = load_datasets(cfg, device, probe_datasets)
+    datasets = load_datasets(cfg, device, partner)
     check_activation_memory(model, datasets, cfg.probe)
     training_images = len(datasets[OWN_DATASET].train_labels)
     if cfg.schedule.batch_size > training_images:
