@@ -11,7 +11,7 @@ INSTALLED := $(VENV)/.installed
 quoted = '$(subst ','\'',$(1))'
 
 .DEFAULT_GOAL := help
-.PHONY: help install data demo test figures bench clean
+.PHONY: help install data demo test test-fast lint figures status bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z%-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -46,8 +46,17 @@ demo: data  ## the default run (Fashion-MNIST, VGG-8, 2048 steps), then its figu
 figures: install  ## figures of every run under $(OUTPUTS) into $(OUTPUTS)/figures/
 	$(BIN)/python -m phases.figures --outputs $(call quoted,$(OUTPUTS))
 
-test: install  ## the test suite (end-to-end, resume and SLURM tests included; about 10 minutes on 2 cores)
+test: install  ## the test suite (end-to-end, resume, SLURM and wheel tests included; about 15 minutes on 2 cores)
 	$(BIN)/python -m pytest
+
+test-fast: install  ## the tests that train nothing end to end (no SLURM, no browser, no wheel): about 2 minutes
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: install  ## ruff over the package, the tests and the notebooks
+	$(BIN)/ruff check .
+
+status: install  ## one line per run under $(OUTPUTS): status, step, last RL and accuracy, age (SWEEP=<name> filters)
+	$(BIN)/python -m phases.status --outputs $(call quoted,$(OUTPUTS)) $(if $(SWEEP),--sweep $(call quoted,$(SWEEP)))
 
 bench: data  ## speed: our training step vs a bare PyTorch loop; our probe solvers vs the published recipes
 	$(BIN)/python -m phases.bench.training_step

@@ -35,7 +35,8 @@ from hydra.core.override_parser.types import Override
 
 from phases.config.compose import compose
 from phases.store.identity import run_id
-from phases.store.record import CHECKPOINT_FILE, LOCK_FILE, RECORD_FILE, RunRecord, RunStatus, is_crashed, run_folder
+from phases.store.progress import job_status, paragraph  # shared with phases.status and phases.multirun
+from phases.store.record import run_folder
 from phases.store.sweep_jobs import write_job_list
 
 TOP_LEVEL_KEYS = ("description", "cost", "overrides", "environment")
@@ -49,8 +50,6 @@ ENVIRONMENT_NAME = re.compile(r"(OMP|MKL|OPENBLAS|BLIS|NUMEXPR|VECLIB|KMP)_[A-Z0
 # commands: only from the user's own command line (after `--`), never from a file.
 HYDRA_ALLOWED = ("hydra/launcher", "hydra.launcher.")
 SHELL_SETTINGS = ("hydra.launcher.setup",)
-ERROR_LINES = 10  # of Hydra's reason: the first lines say what is wrong (and list the options)
-NOT_REASONS = ("full_key:", "reference_type=", "object_type=", "Config search path", "provider=", "See https://")
 
 
 class SweepFileError(Exception):
@@ -98,18 +97,6 @@ def multiruns(overrides: list, path: Path) -> list[list[str]]:
             raise SweepFileError(f"{path}: `overrides:` holds {override!r}; each override is text, key=value as typed "
                                  "after `python -m phases.run -m` (quote it if YAML reads it otherwise)")
     return [list(group) for group in groups]
-
-
-def paragraph(error: BaseException | None) -> str:
-    """An error's reason as one line: its lines and its causes' (Hydra chains the reason it got from
-    OmegaConf), without the lines that only say where in the config or in Hydra it happened."""
-    lines: list[str] = []
-    while error is not None:
-        for line in (line.strip() for line in str(error).splitlines()):
-            if line and not line.startswith(NOT_REASONS) and not any(line in seen for seen in lines):
-                lines.append(line)
-        error = error.__cause__
-    return " ".join(lines[:ERROR_LINES])
 
 
 def parse(override: str, source: str) -> Override:
@@ -173,36 +160,6 @@ def list_jobs(overrides: list[str], sweep_file: Path) -> list[tuple[list[str], P
                                  f"{paragraph(error)} (job: {' '.join(job)})") from error
         jobs.append((job, run_folder(cfg.paths.outputs, run_id(cfg))))
     return jobs
-
-
-def job_status(folder: Path) -> tuple[str, str]:
-    """(status, detail) of one job's run folder."""
-    if not (folder / RECORD_FILE).exists():
-        return "pending", ""
-    if not (folder / RECORD_FILE).is_file():  # reading a pipe planted there would wait forever
-        return "unreadable", f"{RECORD_FILE} is not a plain file"
-    try:
-        record = RunRecord.read(folder)
-    except (OSError, ValueError, RecursionError) as error:
-        return "unreadable", f"{RECORD_FILE}: {paragraph(error)}"
-    if record.status == RunStatus.done:
-        return "done", ""
-    if record.status == RunStatus.failed:
-        return "failed", str(record.error or "")
-    resumes = ""
-    if (folder / CHECKPOINT_FILE).is_file():
-        resumes = f" after step {'?' if record.steps_evaluated is None else record.steps_evaluated}"
-    try:
-        crashed = is_crashed(folder, record)
-    except OSError:  # a lock that cannot be opened tells nothing: the recorded status stands
-        crashed = False
-    if crashed:
-        return "crashed", f"crashed: rerun the same command to resume{resumes}"
-    if record.status == RunStatus.running and (folder / LOCK_FILE).is_file():  # and its lock is held
-        return "running", "its process is running it now"
-    if resumes:
-        return "partly done", f"resumes{resumes}"
-    return "pending", f"an earlier attempt stopped ({record.status.value})"
 
 
 def print_jobs(jobs: list[tuple[list[str], Path]], before: dict[Path, str] | None = None) -> dict[str, int]:

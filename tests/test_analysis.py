@@ -173,7 +173,11 @@ def test_make_figures_writes_figures_tables_and_the_page_without_torch(report):
     assert "fashion_mnist-mlp-sgd-s0-830c65f7" in printed and "diverged" in printed
     page = (outputs / "report.html").read_text()
     assert page.count("<img ") == len(pictures) and "diverged" in page
-    assert pd.read_parquet(outputs / "tables" / "metrics.parquet")["run_id"].nunique() == 6
+    tidy = pd.read_parquet(outputs / "tables" / "metrics.parquet")
+    assert tidy["run_id"].nunique() == 6
+    # Setting columns keep their types: a number filters and plots as a number, not as the text '0.2'.
+    assert pd.api.types.is_float_dtype(tidy["dataset.atypical_fraction"])
+    assert sorted(tidy["dataset.atypical_fraction"].dropna().unique()) == [0.0, 0.2]
 
 
 def test_make_figures_again_redraws_only_the_sweep_that_changed(report, tmp_path):
@@ -193,6 +197,7 @@ def test_make_figures_without_runs_says_how_to_make_some(tmp_path):
     assert not (tmp_path / "figures").exists() and not (tmp_path / "report.html").exists()
 
 
+@pytest.mark.slow  # a browser: not in `make test-fast`
 def test_the_report_page_loads_every_image_in_headless_chromium(report, tmp_path):
     browser = shutil.which("chromium")
     if browser is None:
@@ -211,3 +216,14 @@ def test_the_report_page_loads_every_image_in_headless_chromium(report, tmp_path
     loaded = re.search(r'data-images-loaded="(\d+)"', body.group(0))
     assert total and loaded, body.group(0)
     assert int(loaded.group(1)) == int(total.group(1)) == len(list((outputs / "figures").glob("*.png")))
+
+
+def test_the_exploration_script_reads_the_tidy_table_and_draws(report, tmp_path):
+    """notebooks/explore.py, run whole as a user would, on the tables `make figures` wrote."""
+    outputs = tmp_path / "outputs"
+    shutil.copytree(report[0] / "tables", outputs / "tables")
+    script = Path(__file__).parent.parent / "notebooks" / "explore.py"
+    result = subprocess.run([sys.executable, str(script), str(outputs)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "of 6 runs" in result.stdout
+    assert (outputs / "figures" / "explore--reconstruction.png").stat().st_size > 10_000

@@ -16,6 +16,7 @@ from phases.training.data import (
     DataNotFoundError,
     dataset_info,
     load_image_splits,
+    locate_files,
     transfer_partner,
 )
 from phases.training.data import splits as data_splits
@@ -83,30 +84,32 @@ def test_seeded_subsets_are_deterministic_and_differ_across_seeds(paths_without_
 
 def test_missing_data_names_files_folders_and_how_to_get_them(tmp_path, monkeypatch):
     def no_download(*_):
-        raise AssertionError("download attempted without dataset.download=true")
+        raise AssertionError("download attempted with dataset.download=false")
 
-    monkeypatch.setattr(data_splits, "download", no_download)
+    monkeypatch.setattr(data_splits, "fetch_dataset", no_download)
     paths = OmegaConf.create({"data_dir": str(tmp_path / "empty"), "system_data_dir": str(tmp_path / "system")})
     with pytest.raises(DataNotFoundError) as raised:
         load_image_splits(FASHION, paths, 0, torch.device("cpu"))
     message = str(raised.value)
     for expected in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
                      str(tmp_path / "empty" / "FashionMNIST" / "raw"),
-                     str(tmp_path / "system" / "fashion-mnist"), "dataset.download=true",
-                     "apt-get install dataset-fashion-mnist"):
+                     str(tmp_path / "system" / "fashion-mnist"), "python -m phases.fetch dataset=fashion_mnist",
+                     "apt-get install dataset-fashion-mnist", "dataset.download=auto"):
         assert expected in message
 
 
-def test_download_is_used_only_when_asked(tmp_path, monkeypatch):
+@pytest.mark.parametrize("download", ["auto", True, "true"])
+def test_a_missing_dataset_is_fetched_unless_download_is_false(tmp_path, monkeypatch, download):
     calls = []
 
-    def fake_download(name, paths):
+    def fake_fetch(name, paths):
         calls.append(name)
         write_mnist_like(tmp_path / "FashionMNIST" / "raw", train=20, test=10)
+        return locate_files(name, paths)
 
-    monkeypatch.setattr(data_splits, "download", fake_download)
+    monkeypatch.setattr(data_splits, "fetch_dataset", fake_fetch)
     paths = OmegaConf.create({"data_dir": str(tmp_path), "system_data_dir": None})
-    splits = load_image_splits(OmegaConf.merge(FASHION, {"download": True}), paths, 0, torch.device("cpu"))
+    splits = load_image_splits(OmegaConf.merge(FASHION, {"download": download}), paths, 0, torch.device("cpu"))
     assert calls == ["fashion_mnist"] and len(splits.train_labels) == 20
 
 
@@ -167,10 +170,10 @@ def test_every_loader_rejects_a_truncated_file_naming_it(tmp_path, name):
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
-def test_missing_dataset_never_downloads_unless_asked(tmp_path, monkeypatch, name):
-    monkeypatch.setattr(data_splits, "download",
-                        lambda *_: pytest.fail("download attempted without dataset.download=true"))
-    with pytest.raises(DataNotFoundError, match=f"dataset.download=true.*{DATASET_FOLDERS[name]}"):
+def test_missing_dataset_is_never_downloaded_with_download_false(tmp_path, monkeypatch, name):
+    monkeypatch.setattr(data_splits, "fetch_dataset",
+                        lambda *_: pytest.fail("download attempted with dataset.download=false"))
+    with pytest.raises(DataNotFoundError, match=f"python -m phases.fetch dataset={name} .*{DATASET_FOLDERS[name]}"):
         load_image_splits(dataset_config(name), OmegaConf.create({"data_dir": str(tmp_path), "system_data_dir": None}),
                           0, torch.device("cpu"))
 
@@ -217,21 +220,6 @@ def test_an_unknown_atypical_kind_fails_before_drawing():
 
 
 def test_fetch_uses_the_files_already_in_the_data_folder(data_dir, monkeypatch, capsys):
-    monkeypatch.setattr(fetch, "download", lambda *_: pytest.fail("download attempted with the files present"))
+    monkeypatch.setattr(fetch, "fetch_dataset", lambda *_: pytest.fail("download attempted with the files present"))
     assert fetch.main([f"paths.data_dir={data_dir}", "paths.system_data_dir=null"]) == 0
     assert f"fashion_mnist: using {data_dir / 'FashionMNIST' / 'raw'}" in capsys.readouterr().out
-
-
-def test_fetch_names_the_debian_package_when_the_download_fails(tmp_path, monkeypatch, capsys):
-    import torchvision.datasets
-
-    class Offline:
-        def __init__(self, **_):
-            raise RuntimeError("no network")
-
-    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", Offline)
-    overrides = [f"paths.data_dir={tmp_path / 'empty'}", f"paths.system_data_dir={tmp_path / 'system'}"]
-    assert fetch.main(overrides) == 2
-    error = capsys.readouterr().err
-    assert "downloading fashion_mnist failed (RuntimeError: no network)" in error
-    assert "sudo apt-get install dataset-fashion-mnist" in error

@@ -140,8 +140,12 @@ def test_a_failure_while_the_optimizer_is_built_is_recorded_with_its_traceback(d
     outputs = tmp_path / "outputs"
     monkeypatch.setattr(sys, "argv", ["phases.run", "-m", *QUICK, f"paths.data_dir={data_dir}",
                                       f"paths.outputs={outputs}", "seed=0,1"])
-    run_front_door()  # a sweep: each job's failure is reported and recorded, and the sweep goes on
-    stderr = capsys.readouterr().err
+    with pytest.raises(SystemExit) as ended:  # a sweep: each job's failure is recorded, the sweep goes on,
+        run_front_door()  # and its summary ends it with exit status 1
+    assert ended.value.code == 1
+    printed = capsys.readouterr()
+    stderr = printed.err
+    assert "0 done" not in printed.out and "2 failed" in printed.out.split("summary of the sweep:")[1]
     folders = sorted((outputs / "runs").iterdir())
     assert len(folders) == 2
     for folder in folders:

@@ -8,7 +8,7 @@ from pathlib import Path
 from tests.conftest import REPOSITORY
 
 PACKAGE = REPOSITORY / "phases"
-FRONT_DOORS = {"phases.run", "phases.sweep", "phases.figures", "phases.fetch"}
+FRONT_DOORS = {"phases.run", "phases.sweep", "phases.figures", "phases.fetch", "phases.status", "phases.multirun"}
 # Subpackage -> the subpackages its modules may import (besides itself).
 ALLOWED = {
     "config": set(),
@@ -92,3 +92,9 @@ def test_the_analysis_wing_and_the_store_load_neither_torch_nor_hydra():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPOSITORY)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_package_carries_the_top_level_configs():
+    """phases/conf is a link to conf/, so the wheel ships the configs (pyproject's package-data) while
+    conf/ stays where the layout puts it; a copy instead of the link would drift from it."""
+    assert (PACKAGE / "conf").is_symlink() and (PACKAGE / "conf").resolve() == REPOSITORY / "conf"

@@ -49,11 +49,12 @@ def test_run_folder_has_config_provenance_and_metrics(finished_run):
     folder = finished_run["folder"]
     assert folder.name.startswith("fashion_mnist-vgg8-sgd-s0-") and len(folder.name.rsplit("-", 1)[1]) == 8
     # The checkpoint is gone once the run is done; .lock is the (empty) file runs lock the folder with.
-    assert sorted(path.name for path in folder.iterdir()) == [".lock", "config.yaml", "metrics.parquet", "run.json"]
+    assert sorted(path.name for path in folder.iterdir()) == [".lock", "config.yaml", "metrics.parquet", "run.json",
+                                                              "run.log"]
     record = json.loads((folder / "run.json").read_text())
     assert record["status"] == "done" and record["run_id"] == folder.name
     for key in ("git_commit", "git_dirty", "versions", "host", "device", "started_at", "ended_at",
-                "wall_time_s", "training_time_s", "probing_time_s"):
+                "wall_time_s", "training_time_s", "probing_time_s", "slurm_job_id", "submitit_logs"):
         assert key in record
     assert set(record["versions"]) >= {"python", "torch", "torchvision", "hydra"}
     assert record["training_time_s"] + record["probing_time_s"] <= record["wall_time_s"]
@@ -140,9 +141,10 @@ def test_bad_input_exits_non_zero_with_a_message_and_writes_no_run(data_dir, tmp
 def test_missing_data_exits_non_zero_naming_files_folders_and_remedies(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = run_phases(data_dir=empty, outputs=tmp_path / "outputs")
+    result = run_phases("dataset.download=false", data_dir=empty, outputs=tmp_path / "outputs")
     assert result.returncode != 0
-    for expected in ("train-images-idx3-ubyte", str(empty / "FashionMNIST" / "raw"), "dataset.download=true"):
+    for expected in ("train-images-idx3-ubyte", str(empty / "FashionMNIST" / "raw"),
+                     "python -m phases.fetch dataset=fashion_mnist"):
         assert expected in result.stderr
     assert not (tmp_path / "outputs" / "runs").exists()
 

@@ -49,17 +49,56 @@ def sweep_on_slurm(data_dir: Path, outputs: Path, *overrides: str) -> subprocess
         stderr=subprocess.PIPE, text=True)
 
 
-def test_a_two_job_sweep_runs_on_slurm(slurm, resume_data_dir, tmp_path):
-    data_dir = resume_data_dir
+def status_of(outputs: Path) -> str:
+    result = subprocess.run([sys.executable, "-m", "phases.status", "--outputs", str(outputs)], cwd=REPOSITORY,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_sweep_submitted_without_waiting_runs_on_slurm_and_is_watched(slurm, resume_data_dir, tmp_path):
+    """hydra.launcher.wait=false: the command returns once the jobs are queued, saying their ids and logs;
+    `phases.status` follows them to done; `phases.figures` draws what finished."""
     outputs = tmp_path / "outputs"
-    process = sweep_on_slurm(data_dir, outputs, "seed=0,1", "schedule.max_steps=8")
-    assert process.wait(timeout=900) == 0, process.stderr.read()[-3000:]
-    folders = sorted((outputs / "runs").iterdir())
-    assert [folder.name.split("-")[3] for folder in folders] == ["s0", "s1"]
-    for folder in folders:
-        assert json.loads((folder / "run.json").read_text())["status"] == "done"
-        assert pq.read_table(folder / "metrics.parquet").num_rows > 0
-    assert list((outputs / "sweeps").glob("*/.submitit/*/*_log.out"))  # submitit's SLURM logs
+    # The resume tests' run (128 steps, 9 evaluations of every layer): long enough to be seen running.
+    process = sweep_on_slurm(resume_data_dir, outputs, "seed=0,1", "hydra.launcher.wait=false")
+    submitted = time.monotonic()
+    assert process.wait(timeout=120) == 0, process.stderr.read()[-3000:]
+    printed = process.stdout.read() + process.stderr.read()
+    assert "2 jobs submitted; this command does not wait for them" in printed
+    assert printed.count("submitted job ") == 2 and "_log.out" in printed  # each job's id and log
+    assert "2 done" not in status_of(outputs)  # it returned before the jobs finished
+    seen = set()
+    while time.monotonic() - submitted < 900:
+        listing = status_of(outputs)
+        lines = [line for line in listing.splitlines() if "-s0-" in line or "-s1-" in line]
+        seen |= {line.split()[1] for line in lines}
+        if len(lines) == 2 and all(line.split()[1] == "done" for line in lines):
+            break
+        time.sleep(0.5)
+    assert seen - {"done"}, f"the status never showed the jobs before they finished: {seen}"
+    assert "2 done" in listing, listing
+    for folder in sorted((outputs / "runs").iterdir()):
+        record = json.loads((folder / "run.json").read_text())
+        assert record["status"] == "done" and pq.read_table(folder / "metrics.parquet").num_rows > 0
+        assert record["slurm_job_id"] and record["submitit_logs"]["stdout"].endswith("_log.out")
+    figures = subprocess.run([sys.executable, "-m", "phases.figures", "--outputs", str(outputs)], cwd=REPOSITORY,
+                             capture_output=True, text=True, timeout=300)
+    assert figures.returncode == 0, figures.stderr
+    assert list((outputs / "figures").glob("*.png")) and (outputs / "report.html").is_file()
+
+
+def start_requeued_job_now(job: str, sweep: subprocess.Popen) -> None:
+    """SLURM holds a requeued job for 120 s (its begin time: pending, reason BeginTime) before it may run
+    again; that is the cluster's policy, not something under test, so the held job is let go at once."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and sweep.poll() is None:
+        state = subprocess.run(["squeue", "-h", "-j", job.split("_")[0], "-o", "%T %r"], capture_output=True,
+                               text=True).stdout.split()
+        if state[:2] == ["PENDING", "BeginTime"]:
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+            return
+        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("interrupt", [["scontrol", "requeue"], ["scancel", "--signal=USR2"]],
@@ -75,6 +114,7 @@ def test_a_requeued_job_resumes_to_the_uninterrupted_metrics(slurm, resume_data_
     job = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
     assert job, "no job in the queue while the run was still going"
     subprocess.run([*interrupt, job[0]], check=True)
+    start_requeued_job_now(job[0], process)
     assert process.wait(timeout=900) == 0, process.stderr.read()[-3000:]
     (folder,) = (outputs / "runs").iterdir()
     record = json.loads((folder / "run.json").read_text())

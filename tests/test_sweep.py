@@ -32,20 +32,22 @@ def test_every_sweep_file_lists_its_jobs_without_running_them(name, tmp_path):
 
 def test_a_failing_job_does_not_stop_the_sweep_and_is_reported(tmp_path):
     data_dir = tmp_path / "data"
-    write_mnist_like(data_dir / "FashionMNIST" / "raw", train=200, test=100)  # and no MNIST
+    write_mnist_like(data_dir / "FashionMNIST" / "raw", train=200, test=100)
+    write_mnist_like(data_dir / "MNIST" / "raw", train=100, test=100)  # fewer images than the job asks for
     sweep_file = tmp_path / "two.yaml"
-    sweep_file.write_text(yaml.safe_dump({"description": "one job lacks its data", "overrides": [
-        "dataset=mnist,fashion_mnist", "schedule.max_steps=4", "schedule.batch_size=16", "arch.width=0.25",
-        "probe.train_size=50", "probe.test_size=50", "progress=false", "paths.system_data_dir=null",
+    sweep_file.write_text(yaml.safe_dump({"description": "one job asks for more images than it has", "overrides": [
+        "dataset=mnist,fashion_mnist", "dataset.train_size=150", "schedule.max_steps=4", "schedule.batch_size=16",
+        "arch.width=0.25", "probe.train_size=50", "probe.test_size=50", "progress=false", "paths.system_data_dir=null",
         f"paths.outputs={tmp_path / 'outputs'}"]}))
     first = sweep(sweep_file, data_dir=data_dir)
     assert first.returncode == 1
     summary = first.stdout.split("summary of two:")[1]
-    assert "1 done, 1 failed" in summary and "DataNotFoundError: dataset 'mnist' not found" in summary
+    assert "1 done, 1 failed" in summary and "dataset.train_size=150" in summary
+    assert "summary of the sweep:" not in first.stdout  # phases.sweep sums up its multiruns, once
     runs = {folder.name.split("-")[0]: json.loads((folder / "run.json").read_text())
             for folder in (tmp_path / "outputs" / "runs").iterdir()}
     assert runs["fashion_mnist"]["status"] == "done" and runs["mnist"]["status"] == "failed"
-    assert sorted(path.name for path in (tmp_path / "outputs" / "runs").glob("mnist-*/*")) == ["run.json"]
+    assert sorted(path.name for path in (tmp_path / "outputs" / "runs").glob("mnist-*/*")) == ["run.json", "run.log"]
 
     write_mnist_like(data_dir / "MNIST" / "raw", train=200, test=100)
     second = sweep(sweep_file, data_dir=data_dir)

@@ -97,7 +97,8 @@ def test_prototypes_from_a_real_dataset_are_its_class_means(tmp_path):
                                           train_size=100, test_size=20), paths, 0, torch.device("cpu"))
     assert torch.allclose(splits.train_images, means[splits.train_labels], atol=1e-6)
     with pytest.raises(DataNotFoundError, match="dataset.prototype_source=fashion_mnist needs that dataset"):
-        load_image_splits(prototypes(prototype_source="fashion_mnist"), NO_FILES, 0, torch.device("cpu"))
+        load_image_splits(prototypes(prototype_source="fashion_mnist", download=False), NO_FILES, 0,
+                          torch.device("cpu"))
 
 
 def test_generated_data_never_reads_files():

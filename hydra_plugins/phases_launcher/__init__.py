@@ -1,36 +1,93 @@
-"""hydra-submitit's local launcher with a cap on the jobs running at once and one GPU per job
-(`hydra/launcher=local`, configured by phases/config/launcher.py). Here because Hydra takes launchers only
-from the `hydra_plugins` namespace.
+"""The project's launchers (`hydra/launcher=local`, `hydra/launcher=slurm`, configured by
+phases/config/launcher.py): hydra-submitit's, with three changes. Here because Hydra takes launchers
+only from the `hydra_plugins` namespace.
 
-The plugin starts every job of a sweep at once and shows each the same GPUs. This launcher hands it
-the jobs in chunks of `max_parallel_jobs` (each chunk waits for its slowest job); every job sees all
-GPUs and takes GPU (job number mod GPUs) (`phases.training.device.resolve_device`): jobs of a chunk are
-numbered consecutively, so with one job per GPU no two share one. The jobs share the CPU cores:
-each gets cores / max_parallel_jobs threads (OMP_NUM_THREADS, unless set), since OpenMP threads
-oversubscribing the cores slowed a 4-job test sweep on 2 cores 15-fold (335 s instead of 22 s).
+- A job that ends without a result (killed, out of memory, a lost node) is logged with its SLURM id and
+  log, and the sweep goes on: the plugin would raise at the first such job and the sweep's summary
+  (phases.multirun) would never be printed. That summary lists the job as crashed and the command
+  exits non-zero.
+- `slurm` with `wait=false` submits the jobs, logs each one's id and log file, and returns at once.
+- `local` hands the plugin the jobs in chunks of `max_parallel_jobs` (each chunk waits for its slowest
+  job): the plugin starts every job at once and shows each the same GPUs. Every job sees all GPUs and
+  takes GPU (job number mod GPUs) (`phases.training.device.resolve_device`): jobs of a chunk are
+  numbered consecutively, so with one job per GPU no two share one. The jobs share the CPU cores: each
+  gets cores / max_parallel_jobs threads (OMP_NUM_THREADS, unless set), since OpenMP threads
+  oversubscribing the cores slowed a 4-job test sweep on 2 cores 15-fold (335 s instead of 22 s).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from unittest import mock
 
-from hydra.core.utils import JobReturn
+from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher as SubmititLocalLauncher
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
+
+log = logging.getLogger(__name__)
+
+
+class HandedBackJob:
+    """Stands in for a submitit job where the plugin does `[job.results()[0] for job in jobs]`."""
+
+    def __init__(self, job: Any, wait: bool) -> None:
+        self.job, self.wait = job, wait
+
+    def results(self) -> list[JobReturn]:
+        if not self.wait:
+            log.info(f"submitted job {self.job.job_id}: its log {self.job.paths.stdout}")
+            return [JobReturn(status=JobStatus.COMPLETED)]
+        try:
+            return self.job.results()
+        except Exception as error:  # submitit's UncompletedJobError, FailedJobError, ...: the job died
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            log.error(f"job {self.job.job_id} ended without a result ({reason}); its log: {self.job.paths.stderr}")
+            # COMPLETED so that Hydra's sweeper goes on to the other jobs; the summary reports this one.
+            return [JobReturn(status=JobStatus.COMPLETED)]
+
+
+@contextmanager
+def jobs_handed_back(wait: bool) -> Iterator[None]:
+    """While the plugin launches, its executor's map_array returns HandedBackJob stand-ins. A patch,
+    scoped to one launch, because the plugin submits and waits in one method with no hook between."""
+    import submitit
+
+    original = submitit.AutoExecutor.map_array
+
+    def map_array(executor: Any, function: Any, *iterables: Any) -> list[HandedBackJob]:
+        return [HandedBackJob(job, wait) for job in original(executor, function, *iterables)]
+
+    with mock.patch.object(submitit.AutoExecutor, "map_array", map_array):
+        yield
+
+
+class SlurmLauncher(SubmititSlurmLauncher):
+    def __init__(self, wait: bool = True, **params: Any) -> None:
+        super().__init__(**params)  # the plugin passes every other parameter on to submitit
+        self.wait = wait
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+        with jobs_handed_back(self.wait):
+            return list(super().launch(job_overrides, initial_job_idx))
 
 
 class LocalLauncher(SubmititLocalLauncher):
-    def __init__(self, max_parallel_jobs: int, **params) -> None:
+    def __init__(self, max_parallel_jobs: int, **params: Any) -> None:
         if max_parallel_jobs < 1:
             raise ValueError(f"hydra.launcher.max_parallel_jobs={max_parallel_jobs} is invalid: a number >= 1")
-        super().__init__(**params)  # the plugin passes every other parameter on to submitit
+        super().__init__(**params)
         self.max_parallel_jobs = max_parallel_jobs
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
         # The job processes inherit this process's environment.
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.max_parallel_jobs)))
         results: list[JobReturn] = []
-        for start in range(0, len(job_overrides), self.max_parallel_jobs):
-            chunk = job_overrides[start : start + self.max_parallel_jobs]
-            results += super().launch(chunk, initial_job_idx + start)
+        with jobs_handed_back(wait=True):
+            for start in range(0, len(job_overrides), self.max_parallel_jobs):
+                chunk = job_overrides[start : start + self.max_parallel_jobs]
+                results += super().launch(chunk, initial_job_idx + start)
         return results

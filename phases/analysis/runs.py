@@ -207,6 +207,17 @@ def load_runs(outputs: Path) -> Runs:
     return Runs(metrics, runs, varying)
 
 
+def typed_setting(column: pd.Series) -> pd.Series:
+    """A setting column with one parquet type: numbers stay numbers (`dataset.atypical_fraction` 0.2 and
+    0.05 filter and plot as numbers), flags stay booleans, anything mixed becomes text; unset is null."""
+    values = column.dropna()
+    if values.map(lambda value: isinstance(value, bool)).all():
+        return column.astype("boolean")
+    if values.map(lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)).all():
+        return pd.to_numeric(column)
+    return column.map(lambda value: None if value is None or value != value else str(value)).astype("string")
+
+
 def write_tables(runs: Runs, outputs: Path) -> list[Path]:
     folder = outputs / "tables"
     folder.mkdir(parents=True, exist_ok=True)
@@ -214,7 +225,8 @@ def write_tables(runs: Runs, outputs: Path) -> list[Path]:
     write_atomically(written[0], lambda temporary: runs.runs.to_csv(temporary, index=False))
     if not runs.metrics.empty:
         written.append(folder / "metrics.parquet")
-        frame = runs.metrics.astype({key: str for keys in runs.settings.values() for key in keys})
+        frame = runs.metrics.assign(**{key: typed_setting(runs.metrics[key])
+                                       for key in {key for keys in runs.settings.values() for key in keys}})
         write_atomically(written[1], lambda temporary: frame.to_parquet(temporary, index=False))
     return written
 

@@ -31,3 +31,14 @@ def seed_spread(curve: pd.DataFrame) -> float:
     """Mean over steps of the standard deviation across seeds (0 with one seed)."""
     by_seed = curve.pivot_table(index="step", columns="seed", values="value")
     return float(by_seed.std(axis=1, ddof=1).mean()) if by_seed.shape[1] > 1 else 0.0
+
+
+def penultimate_reconstruction(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The reconstruction loss (test) of the deepest probed point before the output: the penultimate
+    layer's when it was probed (probe.layers' default), else the last probed layer below it. Of points at
+    the same depth (a ResNet's last block and its pooled features) the later one: rows follow the network."""
+    inner = reconstruction_curves(metrics).query("depth < 1")
+    if inner.empty:
+        return inner
+    deepest = inner[inner["depth"] == inner["depth"].max()]
+    return inner[inner["layer"] == deepest["layer"].iloc[-1]]

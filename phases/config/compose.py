@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from phases.config import launcher
@@ -30,8 +31,12 @@ def compose(overrides: Sequence[str] = (), hydra_config: bool = False) -> DictCo
     """The run config `python -m phases.run <overrides>` would get (with `hydra` too, if asked); a key
     that is no setting (`+schedule.max_step=4`) fails here as it does in a run (ConfigError)."""
     register_configs()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    if GlobalHydra.instance().is_initialized():  # inside `python -m phases.run` (a sweep's callback): its
+        # search path is this one, and Hydra refuses to initialise a second time in one process
         cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_config)
+    else:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_config)
     if not hydra_config:  # Hydra's own node is no setting of the run's schema
         check_known_keys(cfg)
     return cfg

@@ -1,10 +1,11 @@
-"""The configuration of the local launcher (`hydra/launcher=local`, the class is in
-hydra_plugins/phases_launcher): hydra-submitit's local processes, with a cap on how many run at once
-and one GPU per job.
+"""The configuration of the project's launchers (the classes are in hydra_plugins/phases_launcher):
+`hydra/launcher=local`, hydra-submitit's local processes with a cap on how many run at once and one
+GPU per job; `hydra/launcher=slurm`, hydra-submitit's SLURM launcher that can also return as soon as
+its jobs are submitted.
 
-Registered by `phases.config.compose.register_configs` before Hydra composes a sweep: the schema
-`local_launcher_schema` (outside the config groups) and the resolvers `${visible_gpu_count:}` and
-`${local_job_slots:}`.
+Registered by `phases.config.compose.register_configs` before Hydra composes a sweep: the schemas
+`local_launcher_schema` and `slurm_launcher_schema` (outside the config groups) and the resolvers
+`${visible_gpu_count:}` and `${local_job_slots:}`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from hydra.core.config_store import ConfigStore
-from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf
+from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
 from omegaconf import OmegaConf
 
 CPU_CORES_PER_LOCAL_JOB = 4  # a training run keeps about this many cores busy (BLAS threads, data)
@@ -39,8 +40,17 @@ class PhasesLocalQueueConf(LocalQueueConf):
     cpus_per_task: int | None = None
 
 
+@dataclass
+class PhasesSlurmQueueConf(SlurmQueueConf):
+    _target_: str = "hydra_plugins.phases_launcher.SlurmLauncher"
+    # false: submit the jobs, print their ids and logs, and return (a login-node session need not outlive
+    # them); `python -m phases.status` shows their progress. true: wait for every job and sum them up.
+    wait: bool = True
+
+
 def register() -> None:
     for name, resolver in (("visible_gpu_count", visible_gpu_count), ("local_job_slots", local_job_slots)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
     ConfigStore.instance().store(name="local_launcher_schema", node=PhasesLocalQueueConf, provider="phases")
+    ConfigStore.instance().store(name="slurm_launcher_schema", node=PhasesSlurmQueueConf, provider="phases")

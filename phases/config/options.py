@@ -8,7 +8,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from phases.config.schema import SCHEMAS
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"  # the package is used from a checkout
+
+def config_dir() -> Path:
+    """The YAML configs: `phases/conf/`, in a checkout a link to the top-level `conf/`, which a wheel
+    ships as the folder itself (pyproject.toml's package-data); else a checkout's `conf/`, for a copy
+    of the tree whose link was lost (an archive tool that drops links)."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "conf"
+    return installed if (installed / "config.yaml").is_file() else package.parent / "conf"
+
+
+CONFIG_DIR = config_dir()
 
 
 def schema_of(option: DictConfig) -> type:

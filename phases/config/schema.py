@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -28,6 +29,13 @@ class BatchNormMode(str, Enum):
     precise_eval = "precise_eval"  # eval mode, statistics recomputed on probe images at the current weights
     eval = "eval"  # eval mode with the running statistics as training left them
     train = "train"  # batch statistics in batches of schedule.batch_size: the published script's quirk
+
+
+class LoggerName(str, Enum):
+    """Where a run mirrors its metrics besides metrics.parquet (phases/training/loggers.py)."""
+
+    none = "none"  # metrics.parquet and run.log only
+    tensorboard = "tensorboard"  # also TensorBoard event files in runs/<run_id>/tensorboard/ (pip install tensorboard)
 
 
 class ReconstructionSolver(str, Enum):
@@ -55,7 +63,11 @@ class DatasetConfig:
     std: list[float] = MISSING  # per-channel standard deviation, same units
     train_size: int | None = None  # train on a seeded subset of this many images; null = all
     test_size: int | None = None  # evaluate on a seeded subset of this many images; null = all
-    download: bool = False  # fetch the official files through torchvision when they are missing
+    # auto: fetch the official files (checksums verified) when no searched folder holds them; true: the
+    # same, said explicitly; false: strictly offline, a missing dataset stops the run naming
+    # `python -m phases.fetch`. Any, not an Enum: Hydra reads true/false as booleans, which an Enum field
+    # rejects; phases.config.validation checks the value. Not part of the run id (where data comes from).
+    download: Any = "auto"
 
 
 @dataclass
@@ -216,6 +228,20 @@ class PathsConfig:
     outputs: str = "outputs"  # runs/, figures/ and tables/ are written below this folder
     # Where Debian's dataset packages put their files (e.g. dataset-fashion-mnist); null = not searched.
     system_data_dir: str | None = "/usr/share/datasets"
+    # A base URL replacing torchvision's official mirrors: every file is fetched as
+    # <data_mirror>/<official file name> (a lab's own copy, for compute nodes that only reach it);
+    # null = the official mirrors, in torchvision's order.
+    data_mirror: str | None = None
+    # A file of md5sum lines (`<md5>  <file name>`) whose md5s replace the official ones for the files it
+    # lists: for a mirror holding re-packaged files, and for the tests' generated ones; null = official md5s.
+    data_checksums: str | None = None
+
+
+@dataclass
+class LoggerConfig:
+    # The `logger` group's choice (logger=tensorboard); the metrics and the training loss are mirrored
+    # there as the run goes. Where results are watched, never what they are.
+    name: LoggerName = LoggerName.none
 
 
 @dataclass
@@ -226,6 +252,7 @@ class RunConfig:
     probe: ProbeConfig = MISSING
     schedule: ScheduleConfig = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0  # seeds weights, data order and every subset
     device: str = "auto"  # auto (CUDA when present), cpu, cuda or cuda:N
     force: bool = False  # rerun even when a finished run with the same config exists
@@ -245,4 +272,5 @@ SCHEMAS: dict[str, type] = {
     "adam_optimizer_schema": AdamConfig,
     "probe_schema": ProbeConfig,
     "schedule_schema": ScheduleConfig,
+    "logger_schema": LoggerConfig,
 }

@@ -31,6 +31,18 @@ def require(condition: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(key, value, allowed)
 
 
+# dataset.download's values: Hydra reads true/false as booleans; the quoted words are taken too.
+DOWNLOAD_VALUES = {"auto": True, "true": True, "false": False}
+
+
+def download_allowed(value: Any, key: str = "dataset.download") -> bool:
+    """Whether `dataset.download=<value>` lets a missing dataset be fetched (auto, true) or not (false)."""
+    word = str(value).lower() if isinstance(value, bool | str) else None
+    require(word in DOWNLOAD_VALUES, key, value,
+            "auto (fetch missing files), true (the same, said explicitly) or false (never fetch: offline)")
+    return DOWNLOAD_VALUES[word]
+
+
 def _optional_size(key: str, value: int | None) -> None:
     require(value is None or value >= 1, key, value, "a positive number of images, or null for all")
 
@@ -43,6 +55,7 @@ def _dataset(node: DictConfig, key: str) -> None:
         require(std > 0, f"{key}.std[{index}]", std, "a positive standard deviation")
     _optional_size(f"{key}.train_size", node.train_size)
     _optional_size(f"{key}.test_size", node.test_size)
+    download_allowed(node.download, f"{key}.download")
 
 
 def _prototypes(node: DictConfig, key: str) -> None:

@@ -5,4 +5,5 @@
     record.py      RunRecord, the only reader and writer of run.json; the run folder's lock
     metrics.py     the tidy metrics table: its schema, its writer and its reader
     sweep_jobs.py  each sweep's job list (written by phases.sweep): a run is in every sweep that lists it
+    progress.py    where a run stands (done, running, crashed, ...): what phases.sweep and phases.status show
 """

@@ -19,8 +19,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from phases.config.schema import BatchNormMode
 
 # Where or how fast a run happens, never its results; also what the analysis never treats as a setting.
-NON_RESULT_KEYS = ("paths", "device", "force", "progress", "probe.batch_size", "probe.max_activation_gb",
-                   "schedule.checkpoint_minutes")
+# dataset.download says whether missing files may be fetched, not which: the files are checksum-verified.
+NON_RESULT_KEYS = ("paths", "device", "force", "progress", "logger", "dataset.download", "probe.batch_size",
+                   "probe.max_activation_gb", "schedule.checkpoint_minutes")
 
 
 def _plain(value: Any) -> Any:

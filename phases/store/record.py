@@ -1,9 +1,10 @@
 """A run's folder: where it lives, its lock, and RunRecord, the only reader and writer of its run.json.
 
-`<paths.outputs>/runs/<run_id>/` holds `config.yaml`, `run.json`, `metrics.parquet` and, while the
-run is unfinished, `checkpoint.pt` (and any `checkpoint.pt.corrupt-<time>` a run rejected). run.json
-says what the run is doing or did (status, error, traceback, rejected_checkpoint), where it came from
-(command, sweep, git commit, versions, host, device) and how long it took.
+`<paths.outputs>/runs/<run_id>/` holds `config.yaml`, `run.json`, `metrics.parquet`, `run.log` and,
+while the run is unfinished, `checkpoint.pt` (and any `checkpoint.pt.corrupt-<time>` a run rejected);
+with `logger=tensorboard`, `tensorboard/`. run.json says what the run is doing or did (status, error,
+traceback, rejected_checkpoint), where it came from (command, sweep, git commit, versions, host, device,
+SLURM job and submitit logs) and how long it took.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ RECORD_FILE = "run.json"
 CONFIG_FILE = "config.yaml"  # the resolved config
 METRICS_FILE = "metrics.parquet"  # phases.store.metrics
 CHECKPOINT_FILE = "checkpoint.pt"  # only while the run is unfinished: what a rerun resumes from
+LOG_FILE = "run.log"  # what the run said, every attempt appended (phases.training.run_log)
+TENSORBOARD_FOLDER = "tensorboard"  # logger=tensorboard: the metrics as TensorBoard event files
 LOCK_FILE = ".lock"  # held (flock) by the process running it
 LOCK_WAIT_S = 2.0  # how long run_lock retries a lock held by someone else before calling it taken
 
@@ -65,7 +68,8 @@ class RunRecord:
     wall_time_s: float | None = None  # this attempt
     training_time_s: float | None = None  # summed over every attempt of a resumed run
     probing_time_s: float | None = None
-    # Code version, library versions and machine: git_commit, git_dirty, versions, host, device, cpu_threads.
+    # Code version, library versions and machine: git_commit, git_dirty, versions, host, device, cpu_threads;
+    # under SLURM or submitit, slurm_job_id and submitit_logs (phases.training.provenance).
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def write(self, folder: Path) -> None:

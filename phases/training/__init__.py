@@ -2,7 +2,9 @@
 
     execute.py         a run from config to folder: checks, data, lock, resume, run.json
     checkpoint.py      what a rerun resumes from
-    provenance.py      code and library versions, machine
+    provenance.py      code and library versions, machine, SLURM job and submitit logs
+    run_log.py         what the run says: the terminal and its folder's run.log, through logging
+    loggers.py         the `logger` group's mirrors of the metrics (logger=tensorboard)
     data/              file formats, where datasets live, splits as device tensors, the theory's data model
     models.py          architectures by name, each declaring its probe points
     train.py           the training loop; schedule.py when to evaluate; device.py where and in which precision

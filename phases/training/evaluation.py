@@ -10,6 +10,7 @@ Every probe reuses the cached activations.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,24 @@ class Activations:
     probe_data: dict[str, ProbeData]
 
 
+@dataclass(frozen=True)
+class EvaluationStage:
+    """What an evaluation is doing now, told to the progress bar: the forward passes, a probe fitted on
+    one of the probed points (`number` of `count`, from 1), or a measurement of the output."""
+
+    task: str  # "activations", a probe's name or an output metric's name
+    layer: str | None = None
+    number: int = 0
+    count: int = 0
+
+    def __str__(self) -> str:
+        return self.task if self.layer is None else f"layer {self.number}/{self.count} {self.task} ({self.layer})"
+
+
+def ignore(stage: EvaluationStage) -> None:
+    pass
+
+
 class Evaluator:
     def __init__(self, model: ProbedNetwork, datasets: dict[str, ImageSplits], probes: list[Probe],
                  probe_cfg: DictConfig, seed: int, training_batch_size: int):
@@ -140,11 +159,13 @@ class Evaluator:
                       for layer in self.layers}
         return Activations(logits, probe_data)
 
-    def __call__(self) -> list[dict[str, Any]]:
-        """Rows of (layer, depth, probe, metric, split, value) for the model as it is now.
+    def __call__(self, show: Callable[[EvaluationStage], None] = ignore) -> list[dict[str, Any]]:
+        """Rows of (layer, depth, probe, metric, split, value) for the model as it is now; `show` is told
+        each stage before it starts.
 
         The classifier's own metrics come from the same frozen network as the probes' activations.
         """
+        show(EvaluationStage("activations"))
         own_sets = self.sets[OWN_DATASET]
         calibration = own_sets["train"].images[: min(own_sets["train"].probe_count, self.calibration_size)]
         with autocast(calibration.device), frozen(self.model, self.bn_mode, calibration, self.batch_size):
@@ -163,10 +184,12 @@ class Evaluator:
                      for measurement in classifier_measurements(activations.logits, own_sets[split].labels, split)]
         for probe in self.probes:
             source = passes[probe.dataset]
-            for layer in self.layers:
+            for number, layer in enumerate(self.layers, start=1):
+                show(EvaluationStage(probe.name, layer, number, len(self.layers)))
                 rows += [self._row(layer, probe.name, measurement) for measurement
                          in probe.fit_and_score(source["train"].probe_data[layer], source["test"].probe_data[layer])]
         for metric in self.output_metrics:
+            show(EvaluationStage(metric.name))
             for split, activations in passes[OWN_DATASET].items():
                 rows += [self._row("output", metric.name, measurement) for measurement in
                          metric.measure(activations.logits, own_sets[split].labels, split, own_sets[split].atypical)]

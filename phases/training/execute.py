@@ -7,6 +7,7 @@ checkpoint. run.json says at every moment what the run is doing or did (phases.s
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -32,14 +33,17 @@ from phases.training.checkpoint import Checkpoint
 from phases.training.data import DataNotFoundError, ImageSplits, dataset_info, load_image_splits, transfer_partner
 from phases.training.device import place_model, resolve_device
 from phases.training.evaluation import Evaluator, check_activation_memory, check_enabled
+from phases.training.loggers import check_logger, metric_mirror
 from phases.training.models import ProbedNetwork, build_model
 from phases.training.optimizers import build_optimizer
 from phases.training.probes import OWN_DATASET, TRANSFER_PARTNER, Probe, build_probes
-from phases.training.provenance import provenance
+from phases.training.provenance import cluster_job, provenance
+from phases.training.run_log import open_run_log, run_logging
 from phases.training.train import Interrupted, TrainingState, train
 
 # What execute() reports besides a finished run: nothing was run by this process.
 SKIPPED, LOCKED = "skipped", "locked"
+LOGGER = logging.getLogger(__name__)  # the terminal and run.log (phases.training.run_log)
 
 
 def seed_everything(seed: int) -> None:
@@ -56,6 +60,7 @@ def load_datasets(cfg: DictConfig, device: torch.device, partner: str | None) ->
         return datasets
     partner_cfg = dataset_option(partner)
     partner_cfg.train_size, partner_cfg.test_size = cfg.dataset.train_size, cfg.dataset.test_size
+    partner_cfg.download = cfg.dataset.download  # a run told to stay offline stays offline for both
     try:
         datasets[TRANSFER_PARTNER] = load_image_splits(partner_cfg, cfg.paths, cfg.seed, device)
     except DataNotFoundError as error:
@@ -75,14 +80,21 @@ def already_done(cfg: DictConfig, folder: Path) -> bool:
     record = RunRecord.find(folder)
     done = record is not None and record.status == RunStatus.done and not cfg.force
     if done:
-        print(f"run {folder.name} is already done: {folder} (add force=true to rerun it)")
+        LOGGER.info(f"run {folder.name} is already done: {folder} (add force=true to rerun it)")
     return done
 
 
 def execute(cfg: DictConfig, job_number: int = 0) -> RunRecord | str:
     """Run (or skip) one configuration: its final RunRecord, or SKIPPED / LOCKED. `job_number` is the
-    job's number in a sweep (it picks the GPU of a local sweep)."""
+    job's number in a sweep (it picks the GPU of a local sweep). The run's lines go to its run.log until
+    the end of this call, or of the caller's enclosing run_logging block."""
+    with run_logging():
+        return checked_execute(cfg, job_number)
+
+
+def checked_execute(cfg: DictConfig, job_number: int) -> RunRecord | str:
     validate(cfg)  # every key and range, before anything is built from them
+    check_logger(cfg)
     info = dataset_info(cfg.dataset)
     seed_everything(cfg.seed)
     model = build_model(cfg.arch, info)
@@ -108,7 +120,7 @@ def execute(cfg: DictConfig, job_number: int = 0) -> RunRecord | str:
 
     with run_lock(folder) as locked:
         if not locked:
-            print(f"run {folder.name} is being run by another process right now: skipped ({folder})")
+            LOGGER.info(f"run {folder.name} is being run by another process right now: skipped ({folder})")
             return LOCKED
         if already_done(cfg, folder):  # finished by another process while this one loaded the data
             return SKIPPED
@@ -120,6 +132,8 @@ def train_and_probe(cfg: DictConfig, model: ProbedNetwork, datasets: dict[str, I
     """Train and measure in `folder` (locked by the caller), resuming from its checkpoint if it has a
     usable one. Whatever stops it from here on is recorded in run.json: interrupted (SIGINT, SIGTERM)
     or failed with the traceback; when run.json itself cannot be written, one line on stderr says so."""
+    open_run_log(folder)
+    LOGGER.info(f"run {folder.name} started on {device}: {cfg.schedule.max_steps} steps, writing to {folder}")
     record = RunRecord(run_id=folder.name, status=RunStatus.running, command=sys.argv,
                        sweep=os.environ.get("PHASES_SWEEP"),  # set by phases.sweep (make sweep-<name>)
                        data_source=datasets[OWN_DATASET].source, started_at=now())
@@ -137,14 +151,14 @@ def train_and_probe(cfg: DictConfig, model: ProbedNetwork, datasets: dict[str, I
         record.stop(error, isinstance(error, (Interrupted, KeyboardInterrupt)), round(time.perf_counter() - started, 3))
         problem = record.write_or_explain(folder)
         if problem:
-            print(f"error: {problem}", file=sys.stderr)
+            LOGGER.error(f"error: {problem}")
         # For the front door's message (record_failure): what became of this error in run.json.
         error.run_record = "not recorded: run.json could not be written" if problem \
             else f"recorded in {folder / RECORD_FILE}"
         raise
     checkpoint.remove()  # the metrics are final: nothing left to resume
-    print(f"run {folder.name} done in {record.wall_time_s:.0f} s (training {record.training_time_s:.0f} s, "
-          f"probing {record.probing_time_s:.0f} s): {folder}")
+    LOGGER.info(f"run {folder.name} done in {record.wall_time_s:.0f} s (training {record.training_time_s:.0f} s, "
+                f"probing {record.probing_time_s:.0f} s): {folder}")
     return record
 
 
@@ -165,18 +179,25 @@ def attempt(cfg: DictConfig, model: ProbedNetwork, datasets: dict[str, ImageSpli
     evaluator = Evaluator(model, datasets, probes, cfg.probe, cfg.seed, cfg.schedule.batch_size)
     identity = {"run_id": folder.name, "dataset": cfg.dataset.name, "arch": cfg.arch.name,
                 "optimizer": optimizer_name(cfg), "seed": cfg.seed}
+    with metric_mirror(cfg, folder, 0 if state is None else state.step, rows) as mirror:
 
-    def evaluate(step: int, epoch: float) -> float:
-        measured = evaluator()
-        rows.extend({**identity, "step": step, "epoch": epoch, **row} for row in measured)
-        # Rewritten whole after every evaluation: a reader sees the steps so far, never a partial file.
-        write_metrics(metrics_path, rows)
-        record.steps_evaluated = step
-        return next(row["value"] for row in measured
-                    if row["probe"] == "classifier" and row["metric"] == "accuracy" and row["split"] == "test")
+        def evaluate(step: int, epoch: float, show: Callable[[str], None]) -> float:
+            started = time.perf_counter()
+            measured = evaluator(lambda stage: show(str(stage)))
+            new_rows = [{**identity, "step": step, "epoch": epoch, **row} for row in measured]
+            rows.extend(new_rows)
+            # Rewritten whole after every evaluation: a reader sees the steps so far, never a partial file.
+            write_metrics(metrics_path, rows)
+            record.steps_evaluated = step
+            mirror.log_rows(new_rows)
+            accuracy = next(row["value"] for row in measured
+                            if row["probe"] == "classifier" and row["metric"] == "accuracy" and row["split"] == "test")
+            LOGGER.info(f"run {folder.name}: step {step} evaluated in {time.perf_counter() - started:.1f} s, "
+                        f"test accuracy {accuracy:.3f}")
+            return accuracy
 
-    state = train(model, optimizer, datasets[OWN_DATASET], cfg.schedule, cfg.seed, evaluate, checkpoint.save,
-                  state, stop_requested, progress=cfg.progress)
+        state = train(model, optimizer, datasets[OWN_DATASET], cfg.schedule, cfg.seed, evaluate, checkpoint.save,
+                      state, stop_requested, progress=cfg.progress, log_loss=mirror.log_loss)
     return checkpoint, state
 
 
@@ -186,19 +207,19 @@ def start_or_resume(cfg: DictConfig, checkpoint: Checkpoint, folder: Path, devic
     restored), or None to start from scratch: there is none, force=true, or it was not usable."""
     removed = remove_temporary_files(folder)
     if removed:
-        print(f"run {folder.name}: removed the temporary files of interrupted writes: {', '.join(removed)}")
+        LOGGER.info(f"run {folder.name}: removed the temporary files of interrupted writes: {', '.join(removed)}")
     if cfg.force:
         checkpoint.remove()
     previous = RunRecord.find(folder)
     state = checkpoint.resume(device, cfg.schedule.max_steps, training_images)
     if checkpoint.rejected:
         record.rejected_checkpoint = checkpoint.rejected
-        print(f"warning: run {folder.name}: its checkpoint could not be used and was moved aside "
-              f"({checkpoint.rejected}); starting again from step 0", file=sys.stderr)
+        LOGGER.warning(f"warning: run {folder.name}: its checkpoint could not be used and was moved aside "
+                       f"({checkpoint.rejected}); starting again from step 0")
     if state is None:
         (folder / METRICS_FILE).unlink(missing_ok=True)  # left by an attempt killed before its first checkpoint
         return None
-    print(f"run {folder.name}: resuming from its checkpoint at step {state.step}")
+    LOGGER.info(f"run {folder.name}: resuming from its checkpoint at step {state.step}")
     record.resumed_from_step = state.step
     # A checkpoint rejected by an earlier attempt stays in the run's record while the run goes on from it.
     record.rejected_checkpoint = previous.rejected_checkpoint if previous else None
@@ -248,7 +269,10 @@ def record_failure(cfg: DictConfig, error: BaseException, write: bool) -> str | 
     existing = RunRecord.find(folder)
     if existing is not None and existing.status != RunStatus.failed:
         return f"not recorded: {folder / RECORD_FILE} keeps the status {existing.status.value} of an earlier attempt"
-    record = RunRecord(run_id=folder.name, status=RunStatus.failed)
+    record = RunRecord(run_id=folder.name, status=RunStatus.failed, provenance=cluster_job())
     record.stop(error, interrupted=False)
     problem = record.write_or_explain(folder)
-    return f"not recorded: {problem}" if problem else f"recorded in {folder / RECORD_FILE}"
+    if problem:
+        return f"not recorded: {problem}"
+    open_run_log(folder)  # the front door's error line, with its traceback, goes beside run.json too
+    return f"recorded in {folder / RECORD_FILE}"

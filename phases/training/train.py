@@ -111,21 +111,29 @@ def _is_integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def probing_display(bar: tqdm, step: int) -> Callable[[str], None]:
+    """Show `doing` before the bar while the evaluation of `step` runs (a redraw: microseconds, once
+    per probe fit; nothing when the bar is disabled)."""
+    return lambda doing: bar.set_description_str(f"probing step {step}: {doing}")
+
+
 def train(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     splits: ImageSplits,
     schedule: DictConfig,
     seed: int,
-    evaluate: Callable[[int, float], float | None],
+    evaluate: Callable[[int, float, Callable[[str], None]], float | None],
     save_checkpoint: Callable[[TrainingState], None] = lambda state: None,
     state: TrainingState | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
     progress: bool = True,
+    log_loss: Callable[[int, float], None] = lambda step, loss: None,
 ) -> TrainingState:
-    """Run `schedule.max_steps` updates from `state` (or from scratch); call `evaluate(step, epoch)`
+    """Run `schedule.max_steps` updates from `state` (or from scratch); call `evaluate(step, epoch, show)`
     before the update of each scheduled step and after the last update (it may return the test
-    accuracy to display), and `save_checkpoint(state)` after each evaluation and before stopping."""
+    accuracy to display; `show(doing)` puts what it is doing on the progress bar), `save_checkpoint(state)`
+    after each evaluation and before stopping, and `log_loss(step, loss)` whenever the loss is read."""
     images, labels = splits.train_images, splits.train_labels
     total, batch_size = len(labels), schedule.batch_size
     step_once = TrainingStep(model, optimizer, images.device)
@@ -146,7 +154,9 @@ def train(
         state.step = step
         if step in scheduled and not state.evaluated:
             started = time.perf_counter()
-            displayed = evaluate(step, step * batch_size / total)
+            # Probing every layer can take most of a run: the bar says which layer and probe it is at.
+            displayed = evaluate(step, step * batch_size / total, probing_display(bar, step))
+            bar.set_description_str("", refresh=False)
             state.times.evaluation_seconds += time.perf_counter() - started
             state.test_accuracy = state.test_accuracy if displayed is None else displayed
             state.evaluated = True
@@ -173,6 +183,7 @@ def train(
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise DivergenceError(f"training loss became {loss_value} at step {step}")
+            log_loss(step, loss_value)
             bar.set_postfix(loss=f"{loss_value:.3f}", test_accuracy=f"{state.test_accuracy:.3f}", refresh=False)
         if step_once.device.type == "cuda" and step + 1 in scheduled:
             torch.cuda.synchronize()  # so the training time excludes nothing queued before an evaluation

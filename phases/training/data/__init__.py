@@ -1,8 +1,10 @@
 """Datasets as normalised image tensors on the training device; the rest of the package imports this.
 
     formats.py     the official file formats (IDX, CIFAR python batches), DataFormatError
-    sources.py     where each real dataset lives, its download, its missing-data message, its
-                   dataset_switch partner; DataNotFoundError
+    sources.py     where each real dataset lives, its missing-data message, its dataset_switch
+                   partner; DataNotFoundError
+    fetching.py    the download of the official files (torchvision's names, md5s and mirrors):
+                   verified, atomic, one process at a time
     splits.py      seeded subsets, normalisation and resizing; a real dataset as device tensors
     prototypes.py  the theory's data model, generated in memory from the config
 
@@ -20,12 +22,13 @@ import torch
 from omegaconf import DictConfig
 
 from phases.config.validation import ConfigError
+from phases.training.data.fetching import fetch_dataset
 from phases.training.data.formats import DataFormatError
 from phases.training.data.prototypes import generate_prototypes, prototypes_info
 from phases.training.data.sources import (
     DATASETS,
     DataNotFoundError,
-    download,
+    fetch_command,
     locate_files,
     missing_data_message,
     transfer_partner,
@@ -47,7 +50,8 @@ __all__ = [
     "DatasetInfo",
     "ImageSplits",
     "dataset_info",
-    "download",
+    "fetch_command",
+    "fetch_dataset",
     "load_image_splits",
     "locate_files",
     "missing_data_message",
@@ -80,7 +84,7 @@ def dataset_info(dataset_cfg: DictConfig) -> DatasetInfo:
 
 
 def load_image_splits(dataset_cfg: DictConfig, paths: DictConfig, seed: int, device: torch.device) -> ImageSplits:
-    """Find (or, when asked, download) or generate the dataset, and return normalised tensors on `device`."""
+    """Find (or, unless dataset.download=false, download) or generate the dataset: normalised tensors on `device`."""
     dataset_info(dataset_cfg)  # every setting checked before anything is read or drawn
     if dataset_cfg.name in GENERATED_DATASETS:
         return GENERATED_DATASETS[dataset_cfg.name].generate(dataset_cfg, paths, seed, device)

@@ -3,9 +3,8 @@
 Files are found in torchvision's folder layout under `paths.data_dir` (`<data_dir>/FashionMNIST/raw/...`,
 `<data_dir>/cifar-10-batches-py/...`), so an existing torchvision data folder works as is, or, for
 Fashion-MNIST, in the system copy of Debian's dataset package below `paths.system_data_dir`. Nothing
-is downloaded here unless asked (`download`), and then through torchvision, which verifies the
-official checksums. Installing Debian's package is left to the Makefile and CI; the missing-data
-message names it.
+is downloaded here: fetching.py does that (dataset.download=auto|true, or `python -m phases.fetch`).
+Installing Debian's package is left to the Makefile and CI; the missing-data message names it.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ class DataNotFoundError(FileNotFoundError):
 class DatasetSource:
     """Where a dataset's official files are found, how they are read, and how to fetch them."""
 
-    torchvision_name: str  # class in torchvision.datasets, used by dataset.download=true
+    torchvision_name: str  # class in torchvision.datasets: its official file names, md5s and mirrors
     folder: str  # the files' folder below paths.data_dir, in torchvision's layout
     files: dict[str, str]  # role -> official file name
     read: Callable[[dict[str, Path]], dict[str, np.ndarray]]  # files -> {train,test}_{images,labels}
@@ -101,37 +100,46 @@ def locate_files(name: str, paths: DictConfig) -> dict[str, Path] | None:
     return None
 
 
+def debian_way(name: str, paths: DictConfig) -> str | None:
+    """The apt-get line for a dataset Debian ships, else None."""
+    source = DATASETS[name]
+    if not source.debian_package:
+        return None
+    system_folder = Path(paths.system_data_dir or "/usr/share/datasets") / (source.system_folder or "")
+    return f"  sudo apt-get install {source.debian_package}   ({name}: Debian's copy, read from {system_folder})"
+
+
+def fetch_command(names: list[str], paths: DictConfig) -> str:
+    """The `python -m phases.fetch` line that fetches `names` into the same folder with the same sources."""
+    settings = [f"paths.data_dir={paths.data_dir}"]
+    settings += [f"paths.{key}={paths[key]}" for key in ("data_mirror", "data_checksums") if paths.get(key)]
+    return f"python -m phases.fetch dataset={','.join(names)} {' '.join(settings)}"
+
+
+def ways_to_get(name: str, paths: DictConfig) -> list[str]:
+    """Every way to get a dataset's files, Debian's package first: one indented line each."""
+    source = DATASETS[name]
+    mirror_hint = "" if paths.get("data_mirror") else "; add paths.data_mirror=<url> for a mirror of your own"
+    ways = [
+        f"  {fetch_command([name], paths)}   (downloads the official files, checksums verified, into "
+        f"{Path(paths.data_dir) / source.folder}, without training{mirror_hint})",
+        f"  or put the official files in that folder (or point PHASES_DATA_DIR / paths.data_dir "
+        f"at a folder holding {source.folder}/)",
+    ]
+    debian = debian_way(name, paths)
+    return [debian, *ways] if debian else ways
+
+
 def missing_data_message(name: str, paths: DictConfig) -> str:
     """The files expected, the folders searched, and every way to get them (Debian's package first)."""
     source = DATASETS[name]
     folders = "\n".join(f"  {folder}" for folder in search_folders(name, paths))
     suffix = "[.gz]" if source.gzip_variants else ""
     files = ", ".join(f"{file_name}{suffix}" for file_name in source.files.values())
-    ways = [
-        f"  python -m phases.run dataset={name} dataset.download=true   (torchvision download, "
-        f"checksums verified, into {Path(paths.data_dir) / source.folder})",
-        f"  or put the official files in that folder (or point PHASES_DATA_DIR / paths.data_dir "
-        f"at a folder holding {source.folder}/)",
-    ]
-    if source.debian_package:
-        system_folder = Path(paths.system_data_dir or "/usr/share/datasets") / (source.system_folder or "")
-        ways.insert(0, f"  sudo apt-get install {source.debian_package}   (Debian's copy, read from {system_folder})")
+    ways = [*ways_to_get(name, paths), "  or let runs fetch missing files: dataset.download=auto (the default)"]
     return (
         f"dataset {name!r} not found: expected the files {files}\n"
         f"in one of these folders:\n{folders}\n"
         f"Get it with one of:\n" + "\n".join(ways)
     )
 
-
-def download(name: str, paths: DictConfig) -> None:
-    """Fetch the official files through torchvision (checksums verified) into paths.data_dir."""
-    import torchvision.datasets
-
-    dataset_class = getattr(torchvision.datasets, DATASETS[name].torchvision_name)
-    try:
-        for train in (True, False):
-            dataset_class(root=paths.data_dir, train=train, download=True)
-    except Exception as error:  # torchvision raises RuntimeError/URLError/OSError when offline
-        raise DataNotFoundError(
-            f"downloading {name} failed ({type(error).__name__}: {error})\n" + missing_data_message(name, paths)
-        ) from error

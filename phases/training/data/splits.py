@@ -15,16 +15,10 @@ import torch
 from omegaconf import DictConfig
 from torchvision.transforms.v2 import functional as image_functional
 
-from phases.config.validation import ConfigError
+from phases.config.validation import ConfigError, download_allowed
+from phases.training.data.fetching import fetch_dataset
 from phases.training.data.formats import DataFormatError
-from phases.training.data.sources import (
-    DATASETS,
-    DataNotFoundError,
-    DatasetSource,
-    download,
-    locate_files,
-    missing_data_message,
-)
+from phases.training.data.sources import DATASETS, DataNotFoundError, DatasetSource, locate_files, missing_data_message
 
 
 @dataclass(frozen=True)
@@ -96,14 +90,14 @@ def real_dataset_info(dataset_cfg: DictConfig) -> DatasetInfo:
 
 
 def load_real_splits(dataset_cfg: DictConfig, paths: DictConfig, seed: int, device: torch.device) -> ImageSplits:
-    """Find (or, when asked, download) a real dataset's files, and return normalised tensors on `device`."""
+    """Find (or, unless dataset.download=false, download) a real dataset's files, and return normalised
+    tensors on `device`."""
     info = real_dataset_info(dataset_cfg)
     name = dataset_cfg.name
     source = DATASETS[name]
     files = locate_files(name, paths)
-    if files is None and dataset_cfg.download:
-        download(name, paths)
-        files = locate_files(name, paths)
+    if files is None and download_allowed(dataset_cfg.download):
+        files = fetch_dataset(name, paths)  # its error says what failed and how else to get the files
     if files is None:
         raise DataNotFoundError(missing_data_message(name, paths))
 
