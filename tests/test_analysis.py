@@ -99,8 +99,28 @@ def test_phase_table_values_match_a_computation_by_hand(runs):
     assert block5["rl_minimum_mean"] == pytest.approx((0.196470 + 0.206473) / 2, abs=1e-6)
     rises = [(0.203319 - 0.196470) / 0.196470 * 100, (0.212583 - 0.206473) / 0.206473 * 100]  # 3.49%, 2.96%
     assert block5["rise_percent_mean"] == pytest.approx(sum(rises) / 2, abs=1e-3)
+    # The classifier's accuracy at step 64 and at the last step (128): test 0.7501 / 0.7375 -> 0.7830 /
+    # 0.7795; train (on 500 of its training images) 0.826 / 0.784 -> 0.866 / 0.868.
+    expected = {"accuracy_at_minimum": (0.7501, 0.7375), "accuracy_at_end": (0.7830, 0.7795),
+                "train_accuracy_at_minimum": (0.826, 0.784), "train_accuracy_at_end": (0.866, 0.868)}
+    for column, seeds in expected.items():
+        assert block5[f"{column}_mean"] == pytest.approx(sum(seeds) / 2, abs=1e-4), column
     text = tables.readable(table.reset_index())
     assert text.loc[0, "RL minimum (step)"] == "64 ± 0" and text.loc[0, "seeds"] == 2
+    assert (text.loc[0, "train accuracy at minimum"], text.loc[0, "train accuracy at end"]) == \
+        ("0.805 ± 0.030", "0.867 ± 0.001")
+
+
+def test_the_theory_table_shows_training_accuracy_rising_where_test_accuracy_is_capped(runs):
+    """The prototypes model's other_prototype samples are label noise: test accuracy stays at
+    1 - fraction, while the network fits the few on the training split (the fixture's seeds: train
+    0.800 at the RL minimum, step 16, then 0.998 / 0.997 at step 256)."""
+    metrics = runs.metrics[runs.metrics["sweep"] == "theory_fixture"]
+    table = tables.phase_table(metrics, ["dataset", "arch", "dataset.atypical_fraction"])
+    row = table.query("layer == 'logits' and `dataset.atypical_fraction` == 0.2").iloc[0]
+    assert row["accuracy_at_minimum_mean"] == row["accuracy_at_end_mean"] == pytest.approx(0.8)
+    assert (row["minimum_step_mean"], row["train_accuracy_at_minimum_mean"]) == (16, pytest.approx(0.8))
+    assert row["train_accuracy_at_end_mean"] == pytest.approx((0.998 + 0.997) / 2)
 
 
 def test_transfer_table_chooses_t_star_on_held_out_data_and_reports_the_oracle(runs):
@@ -143,6 +163,25 @@ def test_every_figure_function_draws_what_the_runs_measured(runs, sweep):
     assert drawn == EXPECTED_FIGURES[sweep]
 
 
+def test_figures_draw_the_classifiers_train_accuracy_beside_its_test_accuracy(runs):
+    metrics = runs.metrics[runs.metrics["sweep"] == "theory_fixture"].dropna(axis=1, how="all")
+    keys = ["dataset", "arch", "dataset.atypical_fraction"]
+    figure = plots.reconstruction_loss(metrics, keys)
+    twins = [axis for axis in figure.axes if axis.get_visible() and "classifier accuracy" in axis.get_ylabel()]
+    assert len(twins) == 4  # one per panel: 2 fractions x logits, softmax
+    assert all({line.get_linestyle() for line in axis.get_lines()} == {"--", ":"} for axis in twins)
+    plots.plt.close(figure)
+    figure = plots.theory(metrics, keys)
+    assert {"train", "test", "majority", "atypical", "0.0", "0.2"} <= {text.get_text() for text in
+                                                                       figure.legends[0].get_texts()}
+    (accuracy,) = [axis for axis in figure.axes if axis.get_ylabel().startswith("accuracy")]
+    # Fraction 0.2 ends at test 0.8 (the cap) and train 0.9975 (mean of 0.998 and 0.997); fraction 0 at 1.
+    last_values = sorted(round(float(line.get_ydata()[-1]), 4) for line in accuracy.get_lines()
+                         if len(line.get_ydata()))  # legend handles are lines without data
+    assert last_values == [0.8, 0.9975, 1.0, 1.0]
+    plots.plt.close(figure)
+
+
 def make_figures(outputs: Path) -> subprocess.CompletedProcess:
     script = ("import sys; from phases.figures import main; code = main(); "
               "assert not {'torch', 'hydra'} & set(sys.modules), 'the analysis side imported torch or hydra'; "
@@ -170,6 +209,9 @@ def test_make_figures_writes_figures_tables_and_the_page_without_torch(report):
             assert (outputs / "tables" / stem).with_suffix(suffix).stat().st_size > 100
     theory = pd.read_csv(outputs / "tables" / "theory_fixture--phase_table.csv")
     assert sorted(theory["dataset.atypical_fraction"]) == [0.0, 0.0, 0.2, 0.2]  # logits and softmax, per fraction
+    assert {"train_accuracy_at_minimum_mean", "train_accuracy_at_end_std"} <= set(theory.columns)
+    for suffix, heading in ((".md", "train accuracy at end"), (".tex", "train accuracy at end")):
+        assert heading in (outputs / "tables" / "theory_fixture--phase_table").with_suffix(suffix).read_text()
     assert "fashion_mnist-mlp-sgd-s0-830c65f7" in printed and "diverged" in printed
     page = (outputs / "report.html").read_text()
     assert page.count("<img ") == len(pictures) and "diverged" in page

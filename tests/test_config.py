@@ -78,7 +78,8 @@ def test_unknown_arch_option_lists_the_known_ones_and_no_schema():
     with pytest.raises(ConfigCompositionException, match="vgg8") as raised:
         composed("arch=nope")
     options = str(raised.value).split("Available options in 'arch':")[1].split("Config search path")[0].split()
-    assert options == ["linear", "mlp", "resnet10", "resnet18", "vgg11", "vgg13", "vgg16", "vgg8"]
+    assert options == ["linear", "mlp", "resnet10", "resnet18", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16",
+                       "vgg16_bn", "vgg8"]
 
 
 @pytest.mark.parametrize("override", ["arch=arch_schema", "dataset=dataset_schema", "probe=probe_schema",
@@ -93,7 +94,7 @@ def test_help_lists_only_real_options():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     groups = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
-    assert "arch: linear, mlp, resnet10, resnet18, vgg11, vgg13, vgg16, vgg8" in groups
+    assert "arch: linear, mlp, resnet10, resnet18, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg8" in groups
     assert "schema" not in groups
 
 

@@ -25,7 +25,7 @@ from phases.training.data.prototypes import draw_samples
 from tests.conftest import CONFIG_DIR, DATASET_FOLDERS, write_dataset, write_idx, write_mnist_like
 
 FASHION = OmegaConf.create({"name": "fashion_mnist", "image_size": 32, "mean": [0.281], "std": [0.352],
-                            "train_size": None, "test_size": None, "download": False})
+                            "train_size": None, "test_size": None, "download": False, "resize": "spline"})
 
 
 @pytest.mark.parametrize("name", ["images-idx3-ubyte", "images-idx3-ubyte.gz"])
@@ -61,9 +61,28 @@ def test_loads_generated_files_as_normalised_32x32_tensors(paths_without_system_
     assert splits.train_images.dtype == torch.float32 and splits.train_labels.dtype == torch.int64
     assert sorted(splits.train_labels.unique().tolist()) == list(range(10))
     raw = read_idx(Path(paths_without_system_copy.data_dir) / "FashionMNIST/raw/t10k-images-idx3-ubyte.gz")
-    # Normalisation is (pixel/255 - mean) / std; bilinear upsampling keeps the image mean nearly unchanged.
+    # Normalisation is (pixel/255 - mean) / std; upsampling keeps the image mean nearly unchanged.
     expected_mean = (raw.mean() / 255 - 0.281) / 0.352
     assert splits.test_images.mean().item() == pytest.approx(expected_mean, abs=0.02)
+
+
+@pytest.mark.parametrize("resize", ["spline", "bilinear"])
+def test_the_resize_is_the_published_scripts_spline_zoom_or_bilinear(paths_without_system_copy, resize):
+    """dataset.resize=spline (the default) equals the script's scipy.ndimage.zoom(image, 32/28) (order 3,
+    on pixels in [0, 1], before normalising) to float rounding; bilinear is torchvision's antialiased one."""
+    from scipy import ndimage
+    from torchvision.transforms.v2 import functional as image_functional
+
+    dataset = OmegaConf.merge(FASHION, {"resize": resize})
+    splits = load_image_splits(dataset, paths_without_system_copy, seed=0, device=torch.device("cpu"))
+    raw = read_idx(Path(paths_without_system_copy.data_dir) / "FashionMNIST/raw/t10k-images-idx3-ubyte.gz")
+    pixels = raw[:8].astype(np.float64) / 255
+    if resize == "spline":
+        expected = np.stack([ndimage.zoom(image, 32 / 28, order=3) for image in pixels])
+    else:
+        expected = image_functional.resize(torch.from_numpy(pixels).unsqueeze(1), [32, 32], antialias=True)[:, 0]
+    resized = splits.test_images[:8, 0].double() * 0.352 + 0.281
+    assert np.abs(resized.numpy() - np.asarray(expected)).max() < 1e-5
 
 
 def test_plain_idx_files_are_read_too(tmp_path):

@@ -8,8 +8,10 @@ from phases.config import schema
 from phases.config.compose import compose
 from phases.store.identity import result_settings, run_id
 
-# The default run's id since the redesign (issue 11); a change here re-runs every finished default run.
-DEFAULT_RUN_ID = "fashion_mnist-vgg8-sgd-s0-f6f4b350"
+# The default run's id since the published script's resize became the default (issue 14); a change here
+# re-runs every finished default run. Before it (issue 11 on), the default run resized bilinearly.
+DEFAULT_RUN_ID = "fashion_mnist-vgg8-sgd-s0-bbb022dc"
+BILINEAR_RUN_ID = "fashion_mnist-vgg8-sgd-s0-f6f4b350"
 
 
 def test_the_default_runs_id_is_stable():
@@ -54,8 +56,20 @@ def test_calibration_size_counts_only_when_statistics_are_recomputed():
     assert run_id(compose(["probe.bn_mode=eval", "probe.calibration_size=10"])) == eval_mode
 
 
+def test_a_default_that_changed_what_runs_compute_changes_their_ids_but_not_the_old_ones():
+    """dataset.resize came with a default (spline) other than what runs did before (bilinear): a finished
+    bilinear run keeps its id and is never taken for a spline one."""
+    assert run_id(compose(["dataset.resize=bilinear"])) == BILINEAR_RUN_ID != DEFAULT_RUN_ID
+
+
+def test_a_name_that_came_to_mean_another_network_is_hashed_with_its_revision():
+    """arch=vgg11 was the standard VGG-11 and is now the published script's: its runs get new ids."""
+    assert result_settings(compose(["arch=vgg11"]))["arch.name@revision"] == 2
+    assert "arch.name@revision" not in result_settings(compose(["arch=vgg11_bn"]))
+
+
 def test_the_hashed_settings_name_what_is_built():
-    assert result_settings(compose()) == {"dataset.name": "fashion_mnist", "dataset.mean": [0.281],
-                                          "dataset.std": [0.352], "arch.name": "vgg8",
+    assert result_settings(compose()) == {"dataset.name": "fashion_mnist", "dataset.resize": "spline",
+                                          "dataset.mean": [0.281], "dataset.std": [0.352], "arch.name": "vgg8",
                                           "optimizer._target_": "torch.optim.SGD"}
     assert result_settings(compose(["probe.bn_mode=train"]))["probe.bn_mode"] == "train"

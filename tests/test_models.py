@@ -39,6 +39,36 @@ def test_vgg8_is_the_published_network():
     assert [(linear.in_features, linear.out_features) for linear in linears] == [(512, 10)]
 
 
+# The published script's VGG-11/13/16 (paper.md): channels after the input and stride-2 flags, per layer.
+STRIDED = {
+    "vgg11": ([32, 64, 128, 128, 256, 256, 512, 512], [1, 1, 0, 1, 0, 1, 0, 1]),
+    "vgg13": ([32, 32, 64, 128, 128, 256, 256, 512, 512, 512], [1, 0, 1, 0, 1, 0, 1, 0, 0, 1]),
+    "vgg16": ([32, 32, 64, 64, 128, 128, 128, 256, 256, 256, 512, 512, 512], [0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRIDED))
+def test_vgg11_13_16_are_the_published_strided_networks(name):
+    model = build_model(OmegaConf.create({"name": name, "width": 1.0}), GRAYSCALE)
+    convolutions = [module for module in model.modules() if isinstance(module, torch.nn.Conv2d)]
+    channels, downs = STRIDED[name]
+    assert [conv.out_channels for conv in convolutions] == channels
+    assert [conv.stride == (2, 2) for conv in convolutions] == [bool(down) for down in downs]
+    assert all(conv.kernel_size == (3, 3) and conv.padding == (1, 1) and conv.bias is None for conv in convolutions)
+    assert not any(isinstance(module, torch.nn.MaxPool2d) for module in model.modules())
+    assert sum(isinstance(module, torch.nn.BatchNorm2d) for module in model.modules()) == len(channels)
+    linears = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    assert [(linear.in_features, linear.out_features) for linear in linears] == [(512, 10)]
+    assert model.probe_shapes((1, 32, 32))[model.penultimate] == (512,)  # the 1x1x512 map, flattened
+
+
+@pytest.mark.parametrize("name", ["vgg11_bn", "vgg13_bn", "vgg16_bn"])
+def test_the_standard_vggs_keep_torchvisions_names(name):
+    model = build_model(OmegaConf.create({"name": name, "width": 1.0}), GRAYSCALE)
+    assert sum(isinstance(module, torch.nn.MaxPool2d) for module in model.modules()) == 5
+    assert {conv.stride for conv in model.modules() if isinstance(conv, torch.nn.Conv2d)} == {(1, 1)}
+
+
 VGG_STANDARD = {"block1": (64, 16, 16), "block2": (128, 8, 8), "block3": (256, 4, 4), "block4": (512, 2, 2),
                 "block5": (512,)}
 RESNET = {"stem": (64, 32, 32), "block1": (64, 32, 32), "block2": (128, 16, 16), "block3": (256, 8, 8),
@@ -47,7 +77,16 @@ RESNET = {"stem": (64, 32, 32), "block1": (64, 32, 32), "block2": (128, 16, 16),
 PROBE_SHAPES = {
     "vgg8": {"block1": (32, 16, 16), "block2": (64, 8, 8), "block3": (128, 4, 4), "block4": (256, 2, 2),
              "block5": (512,)},
-    "vgg11": VGG_STANDARD, "vgg13": VGG_STANDARD, "vgg16": VGG_STANDARD,
+    "vgg11": {"block1": (32, 16, 16), "block2": (64, 8, 8), "block3": (128, 8, 8), "block4": (128, 4, 4),
+              "block5": (256, 4, 4), "block6": (256, 2, 2), "block7": (512, 2, 2), "block8": (512,)},
+    "vgg13": {"block1": (32, 16, 16), "block2": (32, 16, 16), "block3": (64, 8, 8), "block4": (128, 8, 8),
+              "block5": (128, 4, 4), "block6": (256, 4, 4), "block7": (256, 2, 2), "block8": (512, 2, 2),
+              "block9": (512, 2, 2), "block10": (512,)},
+    "vgg16": {"block1": (32, 32, 32), "block2": (32, 16, 16), "block3": (64, 16, 16), "block4": (64, 8, 8),
+              "block5": (128, 8, 8), "block6": (128, 8, 8), "block7": (128, 4, 4), "block8": (256, 4, 4),
+              "block9": (256, 4, 4), "block10": (256, 2, 2), "block11": (512, 2, 2), "block12": (512, 2, 2),
+              "block13": (512,)},
+    "vgg11_bn": VGG_STANDARD, "vgg13_bn": VGG_STANDARD, "vgg16_bn": VGG_STANDARD,
     "resnet10": RESNET, "resnet18": RESNET,
     "mlp": {"hidden1": (512,), "hidden2": (256,)},
     "linear": {},
@@ -115,6 +154,6 @@ def test_resnet_is_built_from_torchvision_basic_blocks():
 
 
 def test_unknown_arch_lists_the_known_ones():
-    known = "linear, mlp, resnet10, resnet18, vgg11, vgg13, vgg16, vgg8"
+    known = "linear, mlp, resnet10, resnet18, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg8"
     with pytest.raises(ConfigError, match=f"arch.name='nope' is invalid: known architectures: {known}"):
         build_model(OmegaConf.create({"name": "nope", "width": 1.0}), GRAYSCALE)

@@ -142,7 +142,7 @@ def test_linear_probe_is_at_chance_on_shuffled_labels(solver):
 def real_block_activations(real_fashion_mnist, tmp_path_factory):
     """block3 (128x4x4) and block5 (512) of a randomly initialised VGG-8 on 3000/1000 real Fashion-MNIST images."""
     dataset = OmegaConf.create({"name": "fashion_mnist", "image_size": 32, "mean": [0.281], "std": [0.352],
-                                "train_size": 3000, "test_size": 1000, "download": False})
+                                "train_size": 3000, "test_size": 1000, "download": False, "resize": "spline"})
     paths = OmegaConf.create({"data_dir": str(tmp_path_factory.mktemp("data")),
                               "system_data_dir": str(real_fashion_mnist.parent)})
     splits = load_image_splits(dataset, paths, seed=0, device=torch.device("cpu"))

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from phases.config.options import dataset_option, load_option
 from phases.config.validation import ConfigError, validate
 from phases.training.data import DataNotFoundError, dataset_info, load_image_splits
-from phases.training.data.prototypes import atypical_count, class_counts, draw_samples
+from phases.training.data.prototypes import atypical_count, class_counts, draw_samples, secondary_prototypes
 from phases.training.evaluation import evaluation_sets
 from phases.training.models import build_model
 from phases.training.output_metrics import SampleLoss
@@ -88,6 +88,79 @@ def test_random_direction_samples_have_their_prototypes_norm():
     assert cosine.abs().max() < 0.4
 
 
+def centres_of(images: torch.Tensor) -> set[bytes]:
+    """The distinct images of a noise-free draw, as bytes: the centres samples were drawn on."""
+    return {image.numpy().tobytes() for image in images}
+
+
+def test_secondary_prototypes_are_drawn_once_and_shared_by_train_and_test():
+    splits = generate(noise_std=0.0, atypical_fraction=0.2, atypical_kind="secondary_prototype",
+                      secondary_prototypes=3, train_size=1000, test_size=500)
+    primary = centres_of(splits.train_images[~splits.train_atypical])
+    assert len(primary) == 10
+    for label in range(10):
+        train = centres_of(splits.train_images[splits.train_atypical & (splits.train_labels == label)])
+        test = centres_of(splits.test_images[splits.test_atypical & (splits.test_labels == label)])
+        # Each class's few sit on its own 3 secondary prototypes, the same in both splits, used in turn
+        # (20 atypical training samples of a class: 7, 7 and 6 on each), and never on a primary prototype.
+        assert len(train) == 3 and test == train and not train & primary
+        counts = torch.unique(splits.train_images[splits.train_atypical & (splits.train_labels == label)], dim=0,
+                              return_counts=True)[1]
+        assert sorted(counts.tolist()) == [6, 7, 7]
+    # As far from the origin as their class's prototype: only their direction sets them apart.
+    generator = torch.Generator().manual_seed(0)
+    prototypes = torch.randn(4, 1, 8, 8, generator=generator) * torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1, 1)
+    secondary = secondary_prototypes(prototypes, 5, generator)
+    assert secondary.shape == (4, 5, 1, 8, 8)
+    assert torch.allclose(secondary.flatten(2).norm(dim=2), prototypes.flatten(1).norm(dim=1).view(4, 1).expand(4, 5))
+
+
+def test_secondary_prototypes_follow_the_seed_and_leave_fraction_zero_data_as_it_was():
+    first, again, other = (generate(seed=seed, noise_std=0.0, atypical_kind="secondary_prototype")
+                           for seed in (3, 3, 4))
+    assert torch.equal(first.train_images, again.train_images) and torch.equal(first.test_images, again.test_images)
+    few = [centres_of(splits.train_images[splits.train_atypical]) for splits in (first, other)]
+    assert len(few[0]) == 30 and not few[0] & few[1]  # 3 per class, none shared between the two seeds
+    # The secondary prototypes come from their own generator: without atypical samples, the data of a
+    # seed is the same whatever the kind.
+    plain, secondary = (generate(seed=3, atypical_fraction=0.0, atypical_kind=kind)
+                        for kind in ("other_prototype", "secondary_prototype"))
+    assert torch.equal(plain.train_images, secondary.train_images) and torch.equal(plain.test_images,
+                                                                                   secondary.test_images)
+    with pytest.raises(ValueError, match="atypical_kind=secondary_prototype needs secondary prototypes"):
+        draw_samples(torch.zeros(3, 1, 8, 8), 30, 1.0, 0.2, "secondary_prototype", torch.Generator())
+
+
+def fitted_linear_accuracy(splits) -> tuple[float, float]:
+    """Train and test accuracy of a bias-free linear softmax classifier (the theory's network) fitted to
+    convergence on the training split with L-BFGS."""
+    images, labels = splits.train_images.flatten(1), splits.train_labels
+    weights = torch.zeros(images.shape[1], int(labels.max()) + 1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weights], max_iter=300, line_search_fn="strong_wolfe")
+
+    def loss():
+        optimizer.zero_grad()
+        value = F.cross_entropy(images @ weights, labels)
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    with torch.no_grad():
+        return tuple(((split_images.flatten(1) @ weights).argmax(1) == split_labels).float().mean().item()
+                     for split_images, split_labels in ((splits.train_images, splits.train_labels),
+                                                        (splits.test_images, splits.test_labels)))
+
+
+def test_only_shared_atypical_structure_lets_test_accuracy_pass_one_minus_the_fraction():
+    """other_prototype samples are label noise: no classifier beats 1 - fraction on test (0.8 here);
+    secondary_prototype samples share their centres with the training split, so fitting them pays."""
+    small = {"classes": 4, "image_size": 8, "train_size": 800, "test_size": 400, "atypical_fraction": 0.2}
+    noise_train, noise_test = fitted_linear_accuracy(generate(atypical_kind="other_prototype", **small))
+    shared_train, shared_test = fitted_linear_accuracy(generate(atypical_kind="secondary_prototype", **small))
+    assert noise_test <= 0.8 and shared_test > 0.95
+    assert shared_train == 1.0 and noise_train < shared_train
+
+
 def test_prototypes_from_a_real_dataset_are_its_class_means(tmp_path):
     write_mnist_like(tmp_path / "FashionMNIST" / "raw", train=200, test=50)
     paths = OmegaConf.create({"data_dir": str(tmp_path), "system_data_dir": None})
@@ -118,6 +191,8 @@ def test_generated_data_never_reads_files():
         (["dataset.train_size=null"], "dataset.train_size"),
         (["dataset.test_size=5"], "dataset.test_size"),
         (["arch=linear", "arch.init_scale=-1"], "arch.init_scale"),
+        (["dataset.atypical_kind=secondary_prototype", "dataset.secondary_prototypes=0"],
+         "dataset.secondary_prototypes"),
     ],
 )
 def test_out_of_range_theory_settings_name_the_key(overrides, key):

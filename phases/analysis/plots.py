@@ -7,6 +7,7 @@ experiment is a dataset, an arch and the settings that vary within the sweep (`R
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 
 import matplotlib
@@ -47,11 +48,11 @@ def step_axis(axis: plt.Axes, last_step: int) -> None:
 
 
 def experiments(metrics: pd.DataFrame, keys: list[str]) -> list[tuple[str, pd.DataFrame]]:
-    """(title, rows) per experiment, in a stable order."""
+    """(title, rows) per experiment, in a stable order; wrapped at 60 characters, clear of the next panel's."""
     groups = metrics.groupby(keys, dropna=False, sort=True)
-    return [(", ".join(f"{value}" if key in ("dataset", "arch") else f"{key.split('.')[-1]} {value}"
-                       for key, value in zip(keys, values, strict=True) if not pd.isna(value)), rows)
-            for values, rows in groups]
+    return [(textwrap.fill(", ".join(f"{value}" if key in ("dataset", "arch") else f"{key.split('.')[-1]} {value}"
+                                     for key, value in zip(keys, values, strict=True) if not pd.isna(value)), 60),
+             rows) for values, rows in groups]
 
 
 def layers_by_depth(rows: pd.DataFrame) -> list[str]:
@@ -80,17 +81,28 @@ def seed_lines(axis: plt.Axes, rows: pd.DataFrame, **style_options) -> None:
     sns.lineplot(data=rows, x="step", y="value", errorbar="sd", ax=axis, **style_options)
 
 
+def classifier_lines(axis: plt.Axes, metrics: pd.DataFrame, run_ids: pd.Series, colour: str) -> bool:
+    """The classifier's own accuracy of these runs: test dashed, train dotted (train keeps rising while
+    the network fits a few atypical samples, also where test accuracy cannot); False when not measured."""
+    drawn = False
+    for split, line in (("test", "--"), ("train", ":")):
+        rows = classifier_accuracy(metrics, split).query("run_id in @run_ids")
+        if not rows.empty:
+            seed_lines(axis, rows, color=colour, linestyle=line, label=f"the classifier itself ({split})")
+            drawn = True
+    return drawn
+
+
 def reconstruction_loss(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure | None:
-    """RL against step per probe point (columns) and experiment (rows), test accuracy on a second axis,
-    end of phase (i) and the RL minimum marked."""
-    reconstruction, accuracy = reconstruction_curves(metrics), classifier_accuracy(metrics)
+    """RL against step per probe point (columns) and experiment (rows), the classifier's test and train
+    accuracy on a second axis, end of phase (i) and the RL minimum marked."""
+    reconstruction = reconstruction_curves(metrics)
     if reconstruction.empty:
         return None
     cells = experiments(reconstruction, keys)
     columns = max(len(layers_by_depth(rows)) for _, rows in cells)
     figure, axes = grid(len(cells), columns)
     for row, (title, rows) in enumerate(cells):
-        own_accuracy = accuracy[accuracy["run_id"].isin(rows["run_id"])]
         layers = layers_by_depth(rows)
         for column, layer in enumerate(layers):
             axis, curve = axes[row, column], rows[rows["layer"] == layer]
@@ -106,31 +118,32 @@ def reconstruction_loss(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure | 
             axis.set_ylabel(RL_LABEL)
             step_axis(axis, mean.index.max())
             axis.legend(fontsize=7, loc="best")
-            if not own_accuracy.empty:
-                twin = axis.twinx()
-                seed_lines(twin, own_accuracy, color=ACCURACY_COLOUR, linestyle="--")
+            twin = axis.twinx()
+            if classifier_lines(twin, metrics, rows["run_id"], ACCURACY_COLOUR):
+                twin.get_legend().remove()
                 twin.set_ylim(0, 1)
-                twin.set_ylabel("classifier test accuracy", color=ACCURACY_COLOUR)
+                twin.set_ylabel("classifier accuracy\n(-- test, ·· train)", color=ACCURACY_COLOUR)
                 twin.grid(False)
+            else:
+                twin.set_visible(False)
         for column in range(len(layers), columns):
             axes[row, column].set_visible(False)
-    return finish(figure, axes, axes.size,
-                  "Reconstruction loss over training (dashed orange: classifier test accuracy)")
+    return finish(figure, axes, axes.size, "Reconstruction loss over training "
+                  "(orange: the classifier's accuracy, dashed on test, dotted on train)")
 
 
 def linear_probe_accuracy(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure | None:
-    """Linear-probe test accuracy against step, one line per probe point; the classifier's in black."""
+    """Linear-probe test accuracy against step, one line per probe point; the classifier's own in black
+    (test dashed, train dotted)."""
     probe = metrics.query("probe == 'linear' and metric == 'accuracy' and split == 'test'")
     if probe.empty:
         return None
-    accuracy = classifier_accuracy(metrics)
     cells = experiments(probe, keys)
     columns = min(3, len(cells))
     figure, axes = grid(-(-len(cells) // columns), columns)
     for axis, (title, rows) in zip(axes.flat, cells, strict=False):
         seed_lines(axis, rows, hue="layer", hue_order=layers_by_depth(rows), marker="o", markersize=3)
-        seed_lines(axis, accuracy[accuracy["run_id"].isin(rows["run_id"])], color="black", linestyle="--",
-                   label="the classifier itself")
+        classifier_lines(axis, metrics, rows["run_id"], "black")
         axis.set_title(title, fontsize=9)
         axis.set_ylabel("linear probe test accuracy")
         axis.legend(title="probe point", fontsize=7, title_fontsize=7)
@@ -186,23 +199,20 @@ def fitting_a_few(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure | None:
         worst = rows.assign(share=rows["metric"].str.removeprefix("loss_share_worst_").str.replace("pct", "%")
                             .str.replace("_", "."))
         seed_lines(axes[row, 1], worst, hue="share", marker="o", markersize=3)
-        axes[row, 1].set_ylim(0, 1)
+        axes[row, 1].set(ylim=(0, 1), ylabel="share of the total training loss")
         axes[row, 1].set_title(f"{title}: loss share of the worst samples", fontsize=9)
-        axes[row, 1].set_ylabel("share of the total training loss")
         axes[row, 1].legend(title="worst samples", fontsize=7, title_fontsize=7)
         groups = sample_losses(own, "loss_mean")
         if not groups.empty:
             seed_lines(axes[row, 2], groups.assign(samples=groups["metric"].str.removeprefix("loss_mean_")),
                        hue="samples", marker="o", markersize=3)
-            axes[row, 2].set_yscale("log")
-            axes[row, 2].set_ylabel("mean training loss (cross-entropy)")
+            axes[row, 2].set(yscale="log", ylabel="mean training loss (cross-entropy)")
             axes[row, 2].set_title(f"{title}: the majority and the few", fontsize=9)
         else:
             quantiles = sample_losses(own, "loss_p")
             seed_lines(axes[row, 2], quantiles.assign(quantile=quantiles["metric"].str.removeprefix("loss_")),
                        hue="quantile", marker="o", markersize=3)
-            axes[row, 2].set_yscale("log")
-            axes[row, 2].set_ylabel("per-sample training loss (cross-entropy)")
+            axes[row, 2].set(yscale="log", ylabel="per-sample training loss (cross-entropy)")
             axes[row, 2].set_title(f"{title}: loss quantiles", fontsize=9)
         for axis in axes[row]:
             step_axis(axis, rows["step"].max())
@@ -228,44 +238,55 @@ def reconstruction_heatmap(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure
         sns.heatmap(relative, ax=axis, cmap="RdBu_r", center=0, vmin=-limit, vmax=limit, annot=relative.shape[1] <= 16,
                     fmt=".0f", annot_kws={"fontsize": 6}, cbar_kws={"label": "RL change from step 0 (%)"})
         axis.set_title(title, fontsize=9)
-        axis.set_xlabel("training step")
-        axis.set_ylabel("probe point (input to output)")
+        axis.set(xlabel="training step", ylabel="probe point (input to output)")
     return finish(figure, axes, len(cells), "Reconstruction loss relative to the untrained network")
 
 
 def theory(metrics: pd.DataFrame, keys: list[str]) -> plt.Figure | None:
-    """The single-layer network on the prototypes data model: RL of the logits per atypical fraction
-    (top), the majority's and the few's training loss (bottom), one column per initial weight scale."""
-    fraction, scale = "atypical fraction", "init scale"
-    simulated = metrics[(metrics["dataset"] == "prototypes") & (metrics["arch"] == "linear")]
+    """The single-layer network on the prototypes data model, one column per atypical kind and initial
+    weight scale: RL of the logits per atypical fraction (top), the majority's and the few's training
+    loss (middle), the classifier's train (solid) and test (dashed) accuracy (bottom)."""
+    fraction, scale, kind = "atypical fraction", "init scale", "kind"
+    names = {"dataset.atypical_fraction": fraction, "arch.init_scale": scale, "dataset.atypical_kind": kind}
+    simulated = metrics[(metrics["dataset"] == "prototypes") & (metrics["arch"] == "linear")].rename(columns=names)
     if simulated.empty:
         return None
-    simulated = simulated.rename(columns={"dataset.atypical_fraction": fraction, "arch.init_scale": scale})
-    simulated = simulated.assign(**{key: simulated[key] if key in simulated else "as configured"
-                                    for key in (fraction, scale)})
-    scales = sorted(simulated[scale].unique(), key=str)
-    figure, axes = grid(2, len(scales))
-    palette = "flare"  # light to dark with the atypical fraction
-    for column, value in enumerate(scales):
-        rows = simulated[simulated[scale] == value]
-        logits = reconstruction_curves(rows).query("layer == 'logits'")
-        seed_lines(axes[0, column], logits, hue=fraction, palette=palette, marker="o", markersize=3)
-        axes[0, column].set_title(f"init scale {value}: RL of the logits", fontsize=9)
-        axes[0, column].set_ylabel(RL_LABEL)
+    named = [name for name in (kind, scale) if name in simulated]  # the settings the columns' titles name
+    for name in names.values():
+        simulated[name] = simulated[name] if name in simulated else "as configured"
+    # Fractions as text, coloured once for all panels (light to dark), though a kind may lack some of them.
+    levels = [str(level) for level in sorted(simulated[fraction].unique())]
+    simulated[fraction] = simulated[fraction].astype(str)
+    lines = {"hue": fraction, "hue_order": levels, "marker": "o", "markersize": 3,
+             "palette": dict(zip(levels, sns.color_palette("flare", len(levels)), strict=True))}
+    cells = list(simulated.groupby([kind, scale], sort=True))
+    figure, axes = grid(3, len(cells))
+    for column, (values, rows) in enumerate(cells):
+        title = ", ".join(f"init scale {value}" if name == scale else str(value)
+                          for name, value in zip((kind, scale), values, strict=True) if name in named) or "prototypes"
+        seed_lines(axes[0, column], reconstruction_curves(rows).query("layer == 'logits'"), **lines)
+        axes[0, column].set(title=f"{title}:\nRL of the logits", ylabel=RL_LABEL)
         losses = sample_losses(rows, "loss_mean")
-        losses = losses.assign(samples=losses["metric"].str.removeprefix("loss_mean_"))
-        seed_lines(axes[1, column], losses, hue=fraction, style="samples", style_order=["majority", "atypical"],
-                   palette=palette, marker="o", markersize=3)
-        axes[1, column].set_yscale("log")
-        axes[1, column].set_title(f"init scale {value}: mean training loss", fontsize=9)
-        axes[1, column].set_ylabel("cross-entropy (log scale)")
+        seed_lines(axes[1, column], losses.assign(samples=losses["metric"].str.removeprefix("loss_mean_")),
+                   style="samples", style_order=["majority", "atypical"], **lines)
+        axes[1, column].set(title=f"{title}:\nmean training loss", ylabel="cross-entropy (log scale)", yscale="log")
+        accuracy = pd.concat([classifier_accuracy(rows, split).assign(split=split) for split in ("train", "test")])
+        seed_lines(axes[2, column], accuracy, style="split", style_order=["train", "test"], **lines)
+        # From 0.6: the cap of test accuracy at 1 - fraction and train accuracy's last percent stay readable.
+        axes[2, column].set(title=f"{title}:\nclassifier accuracy", ylabel="accuracy (axis from 0.6)",
+                            ylim=(0.6, 1.01))
         for axis in axes[:, column]:
             step_axis(axis, rows["step"].max())
-            axis.get_legend().remove()
-    # One legend for all panels, beside them: fractions by colour, majority / atypical by line style.
-    figure.legend(*axes[1, -1].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5),
-                  fontsize=8)
-    return finish(figure, axes, 2 * len(scales), "Theory simulated: prototypes + noise, a fraction of atypical samples")
+            axis.title.set_fontsize(9)
+    # One legend for all panels, beside them: fractions by colour, majority / atypical and train / test by style.
+    handles = {}
+    for axis in axes.flat:
+        handles.update(zip(*reversed(axis.get_legend_handles_labels()), strict=True))
+        axis.get_legend().remove()
+    order = [fraction, *levels, "samples", "majority", "atypical", "split", "train", "test"]
+    handles = {label: handles[label] for label in order if label in handles}
+    figure.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    return finish(figure, axes, 3 * len(cells), "Theory simulated: prototypes + noise, a fraction of atypical samples")
 
 
 FigureFunction = Callable[[pd.DataFrame, list[str]], "plt.Figure | None"]

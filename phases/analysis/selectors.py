@@ -10,9 +10,12 @@ def reconstruction_curves(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics.query("probe == 'reconstruction' and metric == 'mse' and split == 'test'")
 
 
-def classifier_accuracy(metrics: pd.DataFrame) -> pd.DataFrame:
-    """The classifier's own test accuracy."""
-    return metrics.query("probe == 'classifier' and metric == 'accuracy' and split == 'test'")
+def classifier_accuracy(metrics: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """The classifier's own accuracy on `split`: `test`, or `train` (measured on up to
+    probe.classifier_train_size training images), which keeps rising while the network fits a few
+    atypical samples whose test counterparts it cannot get right."""
+    return metrics[(metrics["probe"] == "classifier") & (metrics["metric"] == "accuracy")
+                   & (metrics["split"] == split)]
 
 
 def transfer_curves(metrics: pd.DataFrame) -> pd.DataFrame:

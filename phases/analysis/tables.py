@@ -2,7 +2,8 @@
 
 - phase table: per experiment (dataset, arch and the settings that vary in its sweep) and probe point,
   the end of phase (i), the RL minimum (start of phase iii), RL at start, minimum and end, the rise
-  after the minimum, and the classifier's test accuracy at the minimum and at the end;
+  after the minimum, and the classifier's test and train accuracy at the minimum and at the end (train
+  accuracy shows the few being fitted where test accuracy cannot: the prototypes model's label noise);
 - transfer table (paper.md 4.3): per experiment, probe point and transfer task, test accuracy at step
   0, at t* (the step of best accuracy on the held-out `val` split), at the last step, best minus last,
   and the test-set oracle beside it.
@@ -35,7 +36,8 @@ def _mean_and_std(per_seed: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def phase_table(metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """One row per experiment (`keys`) and probe point; numeric, mean and std over seeds."""
     reconstruction = reconstruction_curves(metrics)
-    accuracy = classifier_accuracy(metrics).set_index(["run_id", "step"])["value"]
+    accuracy = {split: classifier_accuracy(metrics, split).set_index(["run_id", "step"])["value"]
+                for split in ("test", "train")}
     rows = []
     for group, curves in reconstruction.groupby([*keys, "layer"], dropna=False, sort=False):
         spread = seed_spread(curves)
@@ -47,8 +49,10 @@ def phase_table(metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
                          "end_of_phase_one_step": phases.end_of_phase_one, "minimum_step": phases.minimum_step,
                          "rl_start": phases.start, "rl_minimum": phases.minimum, "rl_end": phases.end,
                          "rise_percent": phases.rise_percent,
-                         "accuracy_at_minimum": accuracy.get((run_id, phases.minimum_step), np.nan),
-                         "accuracy_at_end": accuracy.get((run_id, last), np.nan)})
+                         "accuracy_at_minimum": accuracy["test"].get((run_id, phases.minimum_step), np.nan),
+                         "accuracy_at_end": accuracy["test"].get((run_id, last), np.nan),
+                         "train_accuracy_at_minimum": accuracy["train"].get((run_id, phases.minimum_step), np.nan),
+                         "train_accuracy_at_end": accuracy["train"].get((run_id, last), np.nan)})
     if not rows:
         return pd.DataFrame()
     per_seed = pd.DataFrame(rows).astype({"end_of_phase_one_step": float})
@@ -88,7 +92,8 @@ HEADINGS = {
     "end_of_phase_one_step": ("end of phase (i) (step)", 0), "minimum_step": ("RL minimum (step)", 0),
     "rl_start": ("RL at start", 4), "rl_minimum": ("RL at minimum", 4), "rl_end": ("RL at end", 4),
     "rise_percent": ("rise after minimum (%)", 1), "accuracy_at_minimum": ("test accuracy at minimum", 3),
-    "accuracy_at_end": ("test accuracy at end", 3), "accuracy_at_start": ("test accuracy at step 0", 3),
+    "accuracy_at_end": ("test accuracy at end", 3), "train_accuracy_at_minimum": ("train accuracy at minimum", 3),
+    "train_accuracy_at_end": ("train accuracy at end", 3), "accuracy_at_start": ("test accuracy at step 0", 3),
     "chosen_step": ("t* (step, chosen on val)", 0), "accuracy_at_chosen_step": ("test accuracy at t*", 3),
     "chosen_minus_end": ("t* minus end", 3), "oracle_step": ("oracle step (test)", 0),
     "oracle_accuracy": ("oracle test accuracy", 3),

@@ -21,6 +21,9 @@ class AtypicalKind(str, Enum):
 
     other_prototype = "other_prototype"  # on another class's prototype
     random_direction = "random_direction"  # on a random direction of its own prototype's norm
+    # On one of a few secondary prototypes of its own class, drawn once per seed for train and test: the kinds
+    # above cap test accuracy near 1 - atypical_fraction (labels the input cannot tell); fitting these raises it.
+    secondary_prototype = "secondary_prototype"
 
 
 class BatchNormMode(str, Enum):
@@ -36,6 +39,13 @@ class LoggerName(str, Enum):
 
     none = "none"  # metrics.parquet and run.log only
     tensorboard = "tensorboard"  # also TensorBoard event files in runs/<run_id>/tensorboard/ (pip install tensorboard)
+
+
+class ResizeMethod(str, Enum):
+    """How images are enlarged to dataset.image_size (28x28 MNIST-like images to 32x32)."""
+
+    spline = "spline"  # the published script's scipy.ndimage.zoom: cubic spline (order 3), no antialiasing
+    bilinear = "bilinear"  # torchvision's antialiased bilinear resize (this project's first versions)
 
 
 class ReconstructionSolver(str, Enum):
@@ -59,6 +69,9 @@ class TransferTask(str, Enum):
 class DatasetConfig:
     name: str = MISSING  # a dataset of phases.training.data, e.g. "fashion_mnist"
     image_size: int = 32  # images are resized to image_size x image_size pixels
+    # How, on pixels in [0, 1] before normalising. It sets how much fine detail a decoder has to rebuild,
+    # and so the level of the whole reconstruction-loss curve.
+    resize: ResizeMethod = ResizeMethod.spline
     mean: list[float] = MISSING  # per-channel mean of pixels scaled to [0, 1], used to normalise
     std: list[float] = MISSING  # per-channel standard deviation, same units
     train_size: int | None = None  # train on a seeded subset of this many images; null = all
@@ -89,6 +102,9 @@ class PrototypesDatasetConfig(DatasetConfig):
     noise_std: float = 1.0  # standard deviation of the Gaussian noise added to every pixel, normalised units
     atypical_fraction: float = 0.05  # share of every class's samples that are atypical, in [0, 1)
     atypical_kind: AtypicalKind = AtypicalKind.other_prototype
+    # atypical_kind=secondary_prototype: how many per class (random directions of the class prototype's
+    # norm); a class's atypical samples take them in turn, so fewer means more samples on each.
+    secondary_prototypes: int = 3
 
 
 @dataclass
@@ -228,9 +244,9 @@ class PathsConfig:
     outputs: str = "outputs"  # runs/, figures/ and tables/ are written below this folder
     # Where Debian's dataset packages put their files (e.g. dataset-fashion-mnist); null = not searched.
     system_data_dir: str | None = "/usr/share/datasets"
-    # A base URL replacing torchvision's official mirrors: every file is fetched as
-    # <data_mirror>/<official file name> (a lab's own copy, for compute nodes that only reach it);
-    # null = the official mirrors, in torchvision's order.
+    # A base URL replacing torchvision's official mirrors: every file is fetched as <data_mirror>/<its path
+    # below torchvision's data root>, e.g. MNIST/raw/train-images-idx3-ubyte.gz or cifar-10-python.tar.gz
+    # (a torchvision data folder served over HTTP is a mirror); null = the official mirrors, in order.
     data_mirror: str | None = None
     # A file of md5sum lines (`<md5>  <file name>`) whose md5s replace the official ones for the files it
     # lists: for a mirror holding re-packaged files, and for the tests' generated ones; null = official md5s.

@@ -68,6 +68,9 @@ def _prototypes(node: DictConfig, key: str) -> None:
             "a standard deviation >= 0 (normalised pixel units)")
     require(0 <= node.atypical_fraction < 1, f"{key}.atypical_fraction", node.atypical_fraction,
             "a fraction in [0, 1) of every class's samples")
+    # Checked whatever the kind: the value is hashed into the run id even where it is not used.
+    require(node.secondary_prototypes >= 1, f"{key}.secondary_prototypes", node.secondary_prototypes,
+            "an integer >= 1 (secondary prototypes per class, for atypical_kind=secondary_prototype)")
 
 
 def _arch(node: DictConfig, key: str) -> None:

@@ -4,7 +4,10 @@ The hash covers the settings that differ from their schema's default (as dora's 
 a new setting added with a default leaves every finished run's identity as it was. Left out, as they
 cannot change results: where and how fast a run happens (NON_RESULT_KEYS), the nodes of probes that
 are not enabled, and BatchNorm's calibration size when statistics are not recomputed. Changing a
-default in the schema therefore does not change the ids of runs that used it: do so with a new key.
+default in the schema therefore does not change the ids of runs that used it: do so with a new key,
+and when that key's default computes something else than runs did before it existed, list the old
+behaviour in BEHAVIOUR_BEFORE_THE_KEY. A name that came to mean another thing (an arch rebuilt) is
+listed in REVISIONS: a finished run of the old meaning is then never taken for one of the new.
 """
 
 from __future__ import annotations
@@ -22,6 +25,18 @@ from phases.config.schema import BatchNormMode
 # dataset.download says whether missing files may be fetched, not which: the files are checksum-verified.
 NON_RESULT_KEYS = ("paths", "device", "force", "progress", "logger", "dataset.download", "probe.batch_size",
                    "probe.max_activation_gb", "schedule.checkpoint_minutes")
+
+
+# Keys whose default changed what runs compute, with what runs did before the key existed: such a key
+# is hashed unless it holds that old behaviour, so old runs keep their ids and new ones get new ids.
+BEHAVIOUR_BEFORE_THE_KEY = {
+    "dataset.resize": "bilinear",  # issue 14: the published script's spline zoom became the default
+}
+# Values that came to mean something else, with their revision, hashed beside them.
+REVISIONS = {
+    # issue 14: the published script's strided networks; the standard VGGs became vgg11_bn, ...
+    ("arch.name", "vgg11"): 2, ("arch.name", "vgg13"): 2, ("arch.name", "vgg16"): 2,
+}
 
 
 def _plain(value: Any) -> Any:
@@ -45,8 +60,11 @@ def _changed_settings(node: DictConfig, prefix: str) -> dict[str, Any]:
             continue
         value = _plain(node[key])
         has_default = key in defaults and not OmegaConf.is_missing(defaults, key)
-        if key in ("_target_", "name") or not has_default or value != _plain(defaults[key]):
+        baseline = BEHAVIOUR_BEFORE_THE_KEY.get(dotted, _plain(defaults[key]) if has_default else None)
+        if key in ("_target_", "name") or not has_default or value != baseline:
             changed[dotted] = value
+        if isinstance(value, str) and (dotted, value) in REVISIONS:
+            changed[f"{dotted}@revision"] = REVISIONS[(dotted, value)]
     return changed
 
 

@@ -96,35 +96,52 @@ def scaled(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
-@register("vgg8")
-def vgg8(arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:
-    """The published script's VGG-8: five Conv3x3 stride-2 (no bias) + BatchNorm + ReLU blocks with
-    32, 64, 128, 256, 512 channels take 32x32 to 1x1; then flatten and one Linear to the classes."""
+# The published script's strided VGGs: Conv3x3 (no bias) + BatchNorm + ReLU layers, no max-pool, stride 2
+# where `down` is 1; five strides take 32x32 to 1x1. Channels are after the input, per conv layer.
+STRIDED_VGGS = {
+    "vgg8": ((32, 64, 128, 256, 512), (1, 1, 1, 1, 1)),
+    "vgg11": ((32, 64, 128, 128, 256, 256, 512, 512), (1, 1, 0, 1, 0, 1, 0, 1)),
+    "vgg13": ((32, 32, 64, 128, 128, 256, 256, 512, 512, 512), (1, 0, 1, 0, 1, 0, 1, 0, 0, 1)),
+    "vgg16": ((32, 32, 64, 64, 128, 128, 128, 256, 256, 256, 512, 512, 512),
+              (0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1)),
+}
+
+
+def _strided_vgg(name: str, arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:
+    """The script's VGG-8/11/13/16: one probe point per conv layer (`block1`...), the last one's 1x1 map
+    flattened into the 512-d penultimate features; then one Linear to the classes."""
     if info.image_size != 32:
-        raise ConfigError("dataset.image_size", info.image_size, "32 for vgg8 (five stride-2 blocks reach 1x1)")
+        raise ConfigError("dataset.image_size", info.image_size, f"32 for {name} (five stride-2 layers reach 1x1)")
+    channels, downs = STRIDED_VGGS[name]
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     in_channels = info.channels
-    for index, channels in enumerate((32, 64, 128, 256, 512), start=1):
-        out_channels = scaled(channels, arch.width)
+    for index, (width, down) in enumerate(zip(channels, downs, strict=True), start=1):
+        out_channels = scaled(width, arch.width)
         layers[f"block{index}"] = Conv2dNormActivation(
-            in_channels, out_channels, kernel_size=3, stride=2, padding=1, bias=False,
+            in_channels, out_channels, kernel_size=3, stride=2 if down else 1, padding=1, bias=False,
             norm_layer=nn.BatchNorm2d, activation_layer=nn.ReLU,
         )
         in_channels = out_channels
     layers["flatten"] = nn.Flatten()
     layers["classifier"] = nn.Linear(in_channels, info.classes)
-    probe_points = {f"block{index}": f"block{index}" for index in range(1, 5)}
-    probe_points["block5"] = "flatten"  # the 512-d penultimate features (block5's 1x1 map, flattened)
+    last = f"block{len(channels)}"
+    probe_points = {f"block{index}": f"block{index}" for index in range(1, len(channels))}
+    probe_points[last] = "flatten"  # the 512-d penultimate features (the last layer's 1x1 map, flattened)
     probe_points["logits"] = "classifier"
-    return ProbedNetwork(layers, probe_points, penultimate="block5")
+    return ProbedNetwork(layers, probe_points, penultimate=last)
 
 
-# Channels of the standard VGG configurations (torchvision's cfgs A, B, D); each inner list is one
-# stage of 3x3 conv + BatchNorm + ReLU layers closed by a 2x2 max-pool: 32 -> 16 -> 8 -> 4 -> 2 -> 1.
+for _name in STRIDED_VGGS:
+    register(_name)(lambda arch, info, _name=_name: _strided_vgg(_name, arch, info))
+
+
+# Channels of the standard VGG configurations (torchvision's cfgs A, B, D, the `vgg11_bn`... models);
+# each inner list is one stage of 3x3 conv + BatchNorm + ReLU layers closed by a 2x2 max-pool:
+# 32 -> 16 -> 8 -> 4 -> 2 -> 1.
 VGG_STAGES = {
-    "vgg11": [[64], [128], [256, 256], [512, 512], [512, 512]],
-    "vgg13": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
-    "vgg16": [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]],
+    "vgg11_bn": [[64], [128], [256, 256], [512, 512], [512, 512]],
+    "vgg13_bn": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
+    "vgg16_bn": [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]],
 }
 
 
@@ -145,7 +162,7 @@ def _vgg(name: str, arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:
     layers["flatten"] = nn.Flatten()
     layers["classifier"] = nn.Linear(in_channels, info.classes)
     probe_points = {f"block{index}": f"block{index}" for index in range(1, 5)}
-    probe_points["block5"] = "flatten"  # the penultimate features, as in vgg8
+    probe_points["block5"] = "flatten"  # the penultimate features, as in the strided VGGs
     probe_points["logits"] = "classifier"
     return ProbedNetwork(layers, probe_points, penultimate="block5")
 

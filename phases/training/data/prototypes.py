@@ -4,8 +4,15 @@
 
 A majority sample of class c is prototype_c + Gaussian noise (`noise_std` per pixel, normalised units).
 An atypical sample of class c, still labelled c, is centred elsewhere, then gets the same noise:
-  other_prototype  - on the prototype of another class (uniform among the other classes);
-  random_direction - on a random direction scaled to the norm of prototype_c.
+  other_prototype     - on the prototype of another class (uniform among the other classes);
+  random_direction    - on a random direction scaled to the norm of prototype_c, fresh for every sample;
+  secondary_prototype - on one of `secondary_prototypes` secondary prototypes of class c (random directions
+                        of prototype_c's norm), drawn once per seed and shared by train and test.
+With the first two, a test atypical sample's input says nothing of its label that training could teach:
+other_prototype samples are label noise (one looks like the other class, and the best guess, that class,
+is always wrong), so test accuracy is capped at 1 - atypical_fraction; random_direction ones are right
+only by chance, about 1 - atypical_fraction x (1 - 1/classes). With the third, the few are a structure of
+their class that both splits share, so fitting them in training can raise test accuracy too.
 Exactly round(atypical_fraction x the class's sample count) samples of every class are atypical, so the
 fraction holds per class and per split, not only on average. The model itself (random_prototypes,
 draw_samples) is pure tensor code; generate_prototypes wires it to the dataset config and, for
@@ -50,15 +57,30 @@ def atypical_count(fraction: float, class_count: int) -> int:
     return math.floor(fraction * class_count + 0.5)
 
 
+def secondary_prototypes(prototypes: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """(classes, count, channels, size, size): `count` random directions per class, each scaled to the norm
+    of its class's prototype, so an atypical sample is as far from the origin as a typical one and only
+    its direction tells it apart (random prototypes: the same distribution as the primary ones)."""
+    directions = torch.randn(len(prototypes), count, *prototypes.shape[1:], generator=generator)
+    scale = prototypes.flatten(1).norm(dim=1).view(-1, 1) / directions.flatten(2).norm(dim=2)
+    return directions * scale.view(*scale.shape, *[1] * (prototypes.ndim - 1))
+
+
 def draw_samples(prototypes: torch.Tensor, total: int, noise_std: float, atypical_fraction: float,
-                 atypical_kind: AtypicalKind | str, generator: torch.Generator) -> PrototypeSamples:
-    """`total` samples around `prototypes` (classes, channels, size, size), in a seeded random order."""
+                 atypical_kind: AtypicalKind | str, generator: torch.Generator,
+                 secondary: torch.Tensor | None = None) -> PrototypeSamples:
+    """`total` samples around `prototypes` (classes, channels, size, size), in a seeded random order;
+    `secondary` (classes, count, channels, size, size) are the secondary prototypes the
+    secondary_prototype kind centres atypical samples on: the caller draws them once for both splits."""
     # Hydra checks the config's choice; this guards direct calls, before anything is drawn.
     try:
         kind = AtypicalKind(atypical_kind)
     except ValueError:
         raise ValueError(f"atypical_kind={atypical_kind!r}; expected one of "
                          f"{', '.join(known.value for known in AtypicalKind)}") from None
+    if kind is AtypicalKind.secondary_prototype and (secondary is None or secondary.shape[0] != len(prototypes)):
+        raise ValueError(f"atypical_kind=secondary_prototype needs secondary prototypes of shape (classes="
+                         f"{len(prototypes)}, count, ...); got {None if secondary is None else tuple(secondary.shape)}")
     classes = len(prototypes)
     counts = class_counts(total, classes)
     labels = torch.cat([torch.full((count,), label, dtype=torch.int64) for label, count in enumerate(counts)])
@@ -73,6 +95,11 @@ def draw_samples(prototypes: torch.Tensor, total: int, noise_std: float, atypica
         # An offset in 1..classes-1 never lands on the sample's own class.
         offsets = torch.randint(1, classes, (len(chosen),), generator=generator)
         centres[chosen] = prototypes[(labels[chosen] + offsets) % classes]
+    elif kind is AtypicalKind.secondary_prototype:
+        # In turn (the k-th atypical sample of a class on its secondary prototype k mod count), so each is
+        # used about equally often in both splits, and a test one was seen in training whenever the
+        # training split has at least `count` atypical samples per class.
+        centres[chosen] = secondary[labels[chosen], position_in_class[chosen] % secondary.shape[1]]
     else:  # AtypicalKind.random_direction
         directions = torch.randn(len(chosen), *prototypes.shape[1:], generator=generator)
         norms = prototypes[labels[chosen]].flatten(1).norm(dim=1) / directions.flatten(1).norm(dim=1)
@@ -108,6 +135,7 @@ def class_means(source_name: str, classes: int, dataset_cfg: DictConfig, paths: 
     as a run on that dataset sees its images."""
     source_cfg = dataset_option(source_name)
     source_cfg.image_size, source_cfg.download = dataset_cfg.image_size, dataset_cfg.download
+    source_cfg.resize = dataset_cfg.resize
     source_cfg.train_size = source_cfg.test_size = None
     try:
         splits = load_real_splits(source_cfg, paths, seed=0, device=torch.device("cpu"))
@@ -126,10 +154,15 @@ def generate_prototypes(dataset_cfg: DictConfig, paths: DictConfig, seed: int, d
                                        subset_generator(seed, "prototypes.prototypes"))
     else:
         prototypes = class_means(source_name, info.classes, dataset_cfg, paths)
+    # Drawn once, from their own seeded generator (the other kinds' draws stay as they were), for both splits.
+    secondary = None
+    if AtypicalKind(dataset_cfg.atypical_kind) is AtypicalKind.secondary_prototype:
+        secondary = secondary_prototypes(prototypes, dataset_cfg.secondary_prototypes,
+                                         subset_generator(seed, "prototypes.secondary"))
     splits = {}
     for split, size in (("train", dataset_cfg.train_size), ("test", dataset_cfg.test_size)):
         samples = draw_samples(prototypes, size, dataset_cfg.noise_std, dataset_cfg.atypical_fraction,
-                               dataset_cfg.atypical_kind, subset_generator(seed, f"prototypes.{split}"))
+                               dataset_cfg.atypical_kind, subset_generator(seed, f"prototypes.{split}"), secondary)
         splits.update({f"{split}_images": samples.images.to(device), f"{split}_labels": samples.labels.to(device),
                        f"{split}_atypical": samples.atypical.to(device)})
     return ImageSplits(**splits, info=info, source=f"generated in memory (prototype_source={source_name})")

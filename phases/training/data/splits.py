@@ -6,6 +6,7 @@ each probe's subset are independent draws and a seed always picks the same image
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torchvision.transforms.v2 import functional as image_functional
 
+from phases.config.schema import ResizeMethod
 from phases.config.validation import ConfigError, download_allowed
 from phases.training.data.fetching import fetch_dataset
 from phases.training.data.formats import DataFormatError
@@ -54,14 +56,31 @@ def seeded_subset(total: int, size: int | None, seed: int, purpose: str) -> torc
     return torch.randperm(total, generator=subset_generator(seed, purpose))[:size]
 
 
+@functools.cache
+def spline_zoom_matrix(source: int, target: int) -> torch.Tensor:
+    """The (target, source) matrix of `scipy.ndimage.zoom(..., order=3)` along one axis. The zoom is linear
+    in the pixels and separable (a spline prefilter and a tensor-product B-spline, per axis), so an image
+    I resizes to rows @ I @ columns.T: the script's `ndimage.zoom(image, 32/28)` to float rounding, for
+    the whole split in two matrix products instead of one scipy call per image."""
+    from scipy import ndimage
+
+    columns = [ndimage.zoom(unit, target / source, order=3) for unit in np.eye(source)]
+    if any(len(column) != target for column in columns):  # zoom rounds source * factor to its output size
+        raise ValueError(f"scipy.ndimage.zoom does not take {source} pixels to {target}")
+    return torch.from_numpy(np.stack(columns, axis=1)).float()
+
+
 def normalise(images: np.ndarray, dataset_cfg: DictConfig) -> torch.Tensor:
     """uint8 (N, H, W) or (N, H, W, C) -> float32 (N, C, size, size): scaled to [0, 1], resized, normalised."""
     tensor = torch.from_numpy(images.astype(np.float32) / 255.0)
     tensor = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2).contiguous()
     size = dataset_cfg.image_size
     if tensor.shape[-1] != size or tensor.shape[-2] != size:
-        # Bilinear, as torchvision's Resize in the paper's pipeline.
-        tensor = image_functional.resize(tensor, [size, size], antialias=True)
+        if ResizeMethod(dataset_cfg.resize) == ResizeMethod.spline:
+            height, width = (spline_zoom_matrix(side, size) for side in tensor.shape[-2:])
+            tensor = height @ tensor @ width.T
+        else:
+            tensor = image_functional.resize(tensor, [size, size], antialias=True)
     mean = torch.tensor(list(dataset_cfg.mean), dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(list(dataset_cfg.std), dtype=torch.float32).view(1, -1, 1, 1)
     return (tensor - mean) / std
