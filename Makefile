@@ -62,8 +62,8 @@ bench: data  ## speed: our training step vs a bare PyTorch loop; our probe solve
 	$(BIN)/python -m phases.bench.training_step
 	$(BIN)/python -m phases.bench.probes --outputs $(call quoted,$(OUTPUTS))
 
-sweep-%: install  ## run sweeps/<name>.yaml (DRY=1: list its jobs and their status; ARGS="...": more overrides)
-	$(BIN)/python -m phases.sweep sweeps/$*.yaml $(if $(DRY),--dry-run) $(if $(ARGS),-- $(ARGS))
+sweep-%: install  ## run sweeps/<name>.yaml into $(OUTPUTS) (DRY=1: list its jobs and their status; ARGS="...": more overrides)
+	$(BIN)/python -m phases.sweep sweeps/$*.yaml $(if $(DRY),--dry-run) -- $(call quoted,paths.outputs="$(OUTPUTS)") $(ARGS)
 
 clean:  ## remove the virtual environment and caches (results in $(OUTPUTS) are kept)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -109,6 +109,20 @@ def test_phase_table_values_match_a_computation_by_hand(runs):
     assert text.loc[0, "RL minimum (step)"] == "64 ± 0" and text.loc[0, "seeds"] == 2
     assert (text.loc[0, "train accuracy at minimum"], text.loc[0, "train accuracy at end"]) == \
         ("0.805 ± 0.030", "0.867 ± 0.001")
+    # The fixture's runs predate the decoder's recorded sizes: shown as not recorded, not as a number.
+    assert text.loc[0, "decoder features"] == "-" and text.loc[0, "decoder training images"] == "-"
+
+
+def test_the_phase_table_gives_each_probe_points_decoder_size(runs):
+    """With the sizes recorded (runs since issue 14 write `features` and `images` rows beside `mse`)."""
+    metrics = runs.metrics[runs.metrics["sweep"] == "fixture"]
+    rl_rows = metrics.query("probe == 'reconstruction' and metric == 'mse' and split == 'test'")
+    sizes = [rl_rows.assign(metric=metric, split="train", value=value)
+             for metric, value in (("features", 512.0), ("images", 5000.0))]
+    table = tables.phase_table(pd.concat([metrics, *sizes]), ["dataset", "arch"]).set_index("layer")
+    assert (table["features_mean"] == 512).all() and (table["images_mean"] == 5000).all()
+    text = tables.readable(table.reset_index())
+    assert text.loc[0, "decoder features"] == "512 ± 0" and text.loc[0, "decoder training images"] == "5000 ± 0"
 
 
 def test_the_theory_table_shows_training_accuracy_rising_where_test_accuracy_is_capped(runs):
@@ -269,3 +283,26 @@ def test_the_exploration_script_reads_the_tidy_table_and_draws(report, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "of 6 runs" in result.stdout
     assert (outputs / "figures" / "explore--reconstruction.png").stat().st_size > 10_000
+
+
+def test_probe_convergence_flags_the_points_whose_rl_moves_with_the_probe_size(runs):
+    """Two probe sizes of the fixture's runs: block5's RL 1% above the larger size's at the smaller one
+    (converged), the logits' 5% above (not); the figure has one panel per probe point."""
+    from phases.analysis.convergence import convergence_table, probe_convergence
+
+    metrics = runs.metrics[runs.metrics["sweep"] == "fixture"]
+    larger = metrics.assign(**{"probe.train_size": 10000})
+    inflation = larger["layer"].map({"block5": 1.01, "logits": 1.05}).fillna(1.0)
+    is_rl = (larger["probe"] == "reconstruction") & (larger["metric"] == "mse")
+    inflated = larger["value"].where(~is_rl, larger["value"] * inflation)
+    smaller = larger.assign(**{"probe.train_size": 5000, "value": inflated})
+    both = pd.concat([smaller, larger], ignore_index=True)
+    keys = ["dataset", "arch", "probe.train_size"]
+    table = convergence_table(both, keys).set_index(["probe point", "probe images"])
+    assert table.loc[("block5", 5000), "largest gap to the largest size (%)"] == pytest.approx(1.0)
+    assert table.loc[("block5", 5000), "converged"] and not table.loc[("logits", 5000), "converged"]
+    assert table.loc[("logits", 10000), "largest gap to the largest size (%)"] == 0
+    figure = probe_convergence(both, keys)
+    assert sum(axis.get_visible() for axis in figure.axes) == 2
+    unvaried = ["dataset", "arch"]
+    assert convergence_table(metrics, unvaried).empty and probe_convergence(metrics, unvaried) is None

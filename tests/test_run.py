@@ -82,7 +82,12 @@ def test_metrics_have_the_exact_schema_and_one_row_per_measurement(finished_run)
     assert set(frame.query("probe == 'sample_loss'")["metric"]) == {
         "loss_p50", "loss_p90", "loss_p99", "loss_share_worst_1pct", "loss_share_worst_10pct"}
     reconstruction = frame.query("probe == 'reconstruction'")
-    assert set(reconstruction["metric"]) == {"mse"} and (reconstruction["value"] > 0).all()
+    assert set(reconstruction["metric"]) == {"mse", "features", "images"} and (reconstruction["value"] > 0).all()
+    # Beside each RL, what bends it: the decoder's feature count (block5: VGG-8's 512 channels at the
+    # run's width) and its training images (probe.train_size), the same at every step.
+    sizes = reconstruction.query("metric != 'mse'").groupby(["layer", "metric"])["value"].agg(["min", "max"])
+    assert (sizes["min"] == sizes["max"]).all() and sizes.loc[("block5", "images"), "min"] == 64
+    assert sizes.loc[("block5", "features"), "min"] == 512 // 4  # arch.width=0.25
     accuracy = frame.query("metric == 'accuracy'")["value"]
     assert accuracy.between(0, 1).all()
     assert frame["epoch"].tolist() == pytest.approx((frame["step"] * 32 / 256).tolist())

@@ -24,7 +24,8 @@ def test_every_sweep_file_lists_its_jobs_without_running_them(name, tmp_path):
     result = sweep(REPOSITORY / "sweeps" / f"{name}.yaml", "--dry-run", "--", f"paths.outputs={tmp_path}",
                    data_dir=tmp_path)
     assert result.returncode == 0, result.stderr
-    expected = {"smoke": 2, "cpu_repro": 9, "paper_phases": 48, "paper_transfer": 12, "theory": 54}[name]
+    expected = {"smoke": 2, "cpu_repro": 9, "paper_phases": 48, "paper_transfer": 12, "probe_convergence": 4,
+                "theory": 54}[name]
     assert f"{expected} jobs" in result.stdout
     assert result.stdout.count("  pending ") == expected
     assert not (tmp_path / "runs").exists()

@@ -19,13 +19,17 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from phases.analysis import phase_detection, plots, selectors, tables
+from phases.analysis import convergence, phase_detection, plots, selectors, tables
 from phases.analysis.runs import Runs, load_runs, summary, write_tables
 from phases.store.files import write_atomically, write_json, write_text
 from phases.store.record import RunStatus, now
 
+# Every figure a sweep may get: the paper's (plots.py) and, for a sweep varying probe.train_size, whether
+# the probes' estimates are converged (convergence.py).
+FIGURES = {**plots.FIGURES, "probe_convergence": convergence.probe_convergence}
+
 # The modules a figure is drawn by: a change to any of them redraws every figure.
-FIGURE_CODE = (plots, selectors, phase_detection)
+FIGURE_CODE = (plots, selectors, phase_detection, convergence)
 
 
 def slug(name: str) -> str:
@@ -56,7 +60,7 @@ def draw_sweep(metrics: pd.DataFrame, keys: list[str], stem: str, folder: Path, 
     cannot be drawn is added to `failures` and redrawn next time."""
     drawn = []
     sweep_fingerprint = fingerprint(metrics, keys)
-    for name, draw in plots.FIGURES.items():
+    for name, draw in FIGURES.items():
         path = folder / f"{stem}--{name}.png"
         known = manifest.get(path.name)
         if known and known["fingerprint"] == sweep_fingerprint and (not known["drawn"] or path.is_file()):
@@ -81,7 +85,8 @@ def draw_sweep(metrics: pd.DataFrame, keys: list[str], stem: str, folder: Path, 
 def sweep_tables(metrics: pd.DataFrame, keys: list[str], stem: str, folder: Path,
                  failures: list[str]) -> dict[str, pd.DataFrame]:
     built = {}
-    for title, make in (("phase table", tables.phase_table), ("transfer table", tables.transfer_table)):
+    for title, make in (("phase table", tables.phase_table), ("transfer table", tables.transfer_table),
+                        ("probe convergence", convergence.convergence_table)):
         try:
             built[title] = make(metrics, keys)
         except Exception as error:  # as for figures: one table lost, not the whole page
@@ -93,7 +98,7 @@ def sweep_tables(metrics: pd.DataFrame, keys: list[str], stem: str, folder: Path
 
 
 def caption(name: str) -> str:
-    return " ".join((plots.FIGURES[name].__doc__ or name).split())
+    return " ".join((FIGURES[name].__doc__ or name).split())
 
 
 PAGE_SCRIPT = """<script>

@@ -10,6 +10,13 @@ def reconstruction_curves(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics.query("probe == 'reconstruction' and metric == 'mse' and split == 'test'")
 
 
+def reconstruction_fit_sizes(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per run and probe point, the decoder's feature count and training images (`features`, `images`;
+    the same at every step), indexed by (run_id, layer); empty for runs written before they were recorded."""
+    sizes = metrics.query("probe == 'reconstruction' and metric in ('features', 'images')")
+    return sizes.pivot_table(index=["run_id", "layer"], columns="metric", values="value", aggfunc="first")
+
+
 def classifier_accuracy(metrics: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     """The classifier's own accuracy on `split`: `test`, or `train` (measured on up to
     probe.classifier_train_size training images), which keeps rising while the network fits a few

@@ -3,7 +3,8 @@
 - phase table: per experiment (dataset, arch and the settings that vary in its sweep) and probe point,
   the end of phase (i), the RL minimum (start of phase iii), RL at start, minimum and end, the rise
   after the minimum, and the classifier's test and train accuracy at the minimum and at the end (train
-  accuracy shows the few being fitted where test accuracy cannot: the prototypes model's label noise);
+  accuracy shows the few being fitted where test accuracy cannot: the prototypes model's label noise),
+  and the decoder's feature count and training images (how far its estimate can be trusted);
 - transfer table (paper.md 4.3): per experiment, probe point and transfer task, test accuracy at step
   0, at t* (the step of best accuracy on the held-out `val` split), at the last step, best minus last,
   and the test-set oracle beside it.
@@ -19,7 +20,13 @@ import numpy as np
 import pandas as pd
 
 from phases.analysis.phase_detection import detect_phases
-from phases.analysis.selectors import classifier_accuracy, reconstruction_curves, seed_spread, transfer_curves
+from phases.analysis.selectors import (
+    classifier_accuracy,
+    reconstruction_curves,
+    reconstruction_fit_sizes,
+    seed_spread,
+    transfer_curves,
+)
 from phases.store.files import write_atomically
 
 
@@ -38,6 +45,7 @@ def phase_table(metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     reconstruction = reconstruction_curves(metrics)
     accuracy = {split: classifier_accuracy(metrics, split).set_index(["run_id", "step"])["value"]
                 for split in ("test", "train")}
+    sizes = reconstruction_fit_sizes(metrics)
     rows = []
     for group, curves in reconstruction.groupby([*keys, "layer"], dropna=False, sort=False):
         spread = seed_spread(curves)
@@ -52,11 +60,18 @@ def phase_table(metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
                          "accuracy_at_minimum": accuracy["test"].get((run_id, phases.minimum_step), np.nan),
                          "accuracy_at_end": accuracy["test"].get((run_id, last), np.nan),
                          "train_accuracy_at_minimum": accuracy["train"].get((run_id, phases.minimum_step), np.nan),
-                         "train_accuracy_at_end": accuracy["train"].get((run_id, last), np.nan)})
+                         "train_accuracy_at_end": accuracy["train"].get((run_id, last), np.nan),
+                         **fit_size(sizes, run_id, group[-1])})
     if not rows:
         return pd.DataFrame()
     per_seed = pd.DataFrame(rows).astype({"end_of_phase_one_step": float})
     return _mean_and_std(per_seed, [*keys, "layer"])
+
+
+def fit_size(sizes: pd.DataFrame, run_id: str, layer: str) -> dict[str, float]:
+    """The decoder's `features` and training `images` at this probe point (NaN where not recorded)."""
+    found = sizes.loc[(run_id, layer)] if (run_id, layer) in sizes.index else {}
+    return {column: float(found.get(column, np.nan)) for column in ("features", "images")}
 
 
 def transfer_table(metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -80,9 +95,9 @@ def transfer_table(metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return table.rename(columns={"probe": "task"})
 
 
-def _cell(mean: float, std: float, seeds: int, digits: int) -> str:
+def _cell(mean: float, std: float, seeds: int, digits: int, missing: str) -> str:
     if pd.isna(mean):
-        return "never" if digits == 0 else "-"
+        return missing
     text = f"{mean:.{digits}f}"
     return text if seeds < 2 or pd.isna(std) else f"{text} ± {std:.{digits}f}"
 
@@ -97,6 +112,7 @@ HEADINGS = {
     "chosen_step": ("t* (step, chosen on val)", 0), "accuracy_at_chosen_step": ("test accuracy at t*", 3),
     "chosen_minus_end": ("t* minus end", 3), "oracle_step": ("oracle step (test)", 0),
     "oracle_accuracy": ("oracle test accuracy", 3),
+    "features": ("decoder features", 0), "images": ("decoder training images", 0),
 }
 
 
@@ -106,9 +122,11 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
     text = table[keys].copy().rename(columns={"layer": "probe point"})
     for column, (heading, digits) in HEADINGS.items():
         if f"{column}_mean" in table:
-            text[heading] = [_cell(mean, std, seeds, digits) for mean, std, seeds
+            missing = "never" if column.endswith("_step") else "-"  # a step never reached; a value not recorded
+            text[heading] = [_cell(mean, std, seeds, digits, missing) for mean, std, seeds
                              in zip(table[f"{column}_mean"], table[f"{column}_std"], table["seeds"], strict=True)]
-    text["seeds"] = table["seeds"]
+    if "seeds" in table:  # a table of one value per row (probe convergence) has no spread to count
+        text["seeds"] = table["seeds"]
     return text.fillna("-")
 
 

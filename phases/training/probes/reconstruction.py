@@ -81,10 +81,17 @@ def fit_ridge(features: torch.Tensor, targets: torch.Tensor, ridge: float) -> Ri
     return RidgeSolution(weight, target_mean - feature_mean @ weight, max(squared_error.item(), 0.0))
 
 
+def fit_size(train: ProbeData) -> list[Measurement]:
+    """The decoder's feature count and training images: with n images and d features a least-squares
+    test error is inflated by about d / (n - d), so a reader must see both beside the RL they bend."""
+    return [Measurement("features", "train", float(train.features.shape[1])),
+            Measurement("images", "train", float(train.features.shape[0]))]
+
+
 def _mse_measurements(predict, train: ProbeData, test: ProbeData) -> list[Measurement]:
     with torch.no_grad():
         return [Measurement("mse", split, F.mse_loss(predict(data.features), data.images.flatten(1)).item())
-                for split, data in (("train", train), ("test", test))]
+                for split, data in (("train", train), ("test", test))] + fit_size(train)
 
 
 class ClosedFormReconstruction:
@@ -101,7 +108,7 @@ class ClosedFormReconstruction:
         with torch.no_grad():
             test_mse = F.mse_loss(test.features @ solution.weight + solution.bias, test.images.flatten(1)).item()
         return [Measurement("mse", "train", solution.train_squared_error / targets.numel()),
-                Measurement("mse", "test", test_mse)]
+                Measurement("mse", "test", test_mse), *fit_size(train)]
 
 
 def train_decoder(decoder: nn.Module, train: ProbeData, epochs: int, lr: float, weight_decay: float,
