@@ -74,8 +74,8 @@ def test_metrics_have_the_exact_schema_and_one_row_per_measurement(finished_run)
     steps = evaluation_steps(4)
     assert sorted(frame["step"].unique()) == steps
     # Per step: classifier 2 metrics x 2 splits, sample_loss 5 metrics x 2 splits; per probe point:
-    # reconstruction mse x 2 splits and linear accuracy/cross_entropy x 2 splits.
-    assert len(frame) == len(steps) * (4 + 10 + len(VGG8_POINTS) * (2 + 4))
+    # reconstruction mse x 2 splits plus its features and images, and linear accuracy/cross_entropy x 2 splits.
+    assert len(frame) == len(steps) * (4 + 10 + len(VGG8_POINTS) * (2 + 2 + 4))
     assert not frame.duplicated(["step", "layer", "probe", "metric", "split"]).any()
     assert set(frame["layer"]) == {"output", *VGG8_POINTS}
     assert set(frame["probe"]) == {"classifier", "reconstruction", "linear", "sample_loss"}
