@@ -52,7 +52,8 @@ def probe_convergence(metrics: pd.DataFrame, keys: list[str]) -> plots.plt.Figur
     columns = min(3, len(panels))
     figure, axes = plots.grid(-(-len(panels) // columns), columns)
     for axis, (title, rows) in zip(axes.flat, panels, strict=False):
-        plots.seed_lines(axis, rows.astype({SIZE_KEY: str}), hue=SIZE_KEY, palette="viridis")
+        sizes = [str(size) for size in sorted(rows[SIZE_KEY].unique())]  # in numeric order, not as text sorts
+        plots.seed_lines(axis, rows.astype({SIZE_KEY: str}), hue=SIZE_KEY, hue_order=sizes, palette="viridis")
         plots.step_axis(axis, int(rows["step"].max()))
         axis.set_title(title, fontsize=9)
         axis.set_ylabel(plots.RL_LABEL)
