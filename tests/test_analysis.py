@@ -213,6 +213,7 @@ def report(tmp_path_factory):
     return outputs, first.stdout
 
 
+@pytest.mark.slow  # `make figures` end to end: not in `make test-fast`
 def test_make_figures_writes_figures_tables_and_the_page_without_torch(report):
     outputs, printed = report
     pictures = sorted(path.name for path in (outputs / "figures").glob("*.png"))
@@ -236,6 +237,7 @@ def test_make_figures_writes_figures_tables_and_the_page_without_torch(report):
     assert sorted(tidy["dataset.atypical_fraction"].dropna().unique()) == [0.0, 0.2]
 
 
+@pytest.mark.slow  # `make figures` end to end: not in `make test-fast`
 def test_make_figures_again_redraws_only_the_sweep_that_changed(report, tmp_path):
     outputs = tmp_path / "outputs"
     shutil.copytree(report[0], outputs)
@@ -274,6 +276,7 @@ def test_the_report_page_loads_every_image_in_headless_chromium(report, tmp_path
     assert int(loaded.group(1)) == int(total.group(1)) == len(list((outputs / "figures").glob("*.png")))
 
 
+@pytest.mark.slow  # `make figures` end to end: not in `make test-fast`
 def test_the_exploration_script_reads_the_tidy_table_and_draws(report, tmp_path):
     """notebooks/explore.py, run whole as a user would, on the tables `make figures` wrote."""
     outputs = tmp_path / "outputs"

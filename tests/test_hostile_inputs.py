@@ -15,6 +15,8 @@ from phases.training.features import batch_bounds
 from phases.training.optimizers import build_optimizer
 from tests.test_run import run_phases
 
+pytestmark = pytest.mark.slow  # each case runs the front door in a fresh interpreter: not in `make test-fast`
+
 
 class TouchOnLoad:
     """A pickle payload: unpickling it creates `marker`, as a real exploit would run a shell."""

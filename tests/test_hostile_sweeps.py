@@ -28,6 +28,8 @@ from phases.store.metrics import write_metrics
 from phases.store.record import LOCK_FILE, RunRecord, RunStatus
 from tests.conftest import REPOSITORY
 
+pytestmark = pytest.mark.slow  # figures and sweeps through their front doors: not in `make test-fast`
+
 FIXTURE = REPOSITORY / "tests" / "fixtures" / "real_runs"
 STEPS = [0, 1, 2, 4, 8, 16]
 # Small settings, so composing is all a job costs; nothing here starts a run.

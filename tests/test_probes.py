@@ -166,6 +166,7 @@ DECODERS = {
 }
 
 
+@pytest.mark.slow  # trains the convolutional decoder on real activations: not in `make test-fast`
 @pytest.mark.parametrize("layer", ["block3", "block5"])
 @pytest.mark.parametrize("decoder", sorted(DECODERS))
 def test_every_decoder_beats_the_mean_image_on_real_data(real_block_activations, decoder, layer):
