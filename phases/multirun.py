@@ -21,13 +21,12 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from phases.config.compose import compose
 from phases.config.validation import ConfigError
 from phases.fetch import make_available
 from phases.store.identity import run_id
-from phases.store.progress import job_status, paragraph
+from phases.store.progress import job_status
 from phases.store.record import run_folder
-from phases.sweep import first_failing, job_overrides, print_jobs
+from phases.sweep import SweepFileError, composed_jobs, print_jobs
 from phases.training.data import DataNotFoundError
 
 
@@ -37,14 +36,12 @@ class SweepCallback(Callback):
         self.before: dict[Path, str] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        configs = []
-        for job in job_overrides(list(config.hydra.overrides.task)):
-            try:
-                configs.append(compose(job))
-            except Exception as error:  # Hydra's and our config errors have many types; each is the user's input
-                stop(2, f"the override `{first_failing(job)}` does not compose: {paragraph(error)} "
-                        f"(job: {' '.join(job)}); no job was started")
-            self.jobs.append((job, run_folder(configs[-1].paths.outputs, run_id(configs[-1]))))
+        try:
+            jobs = composed_jobs(list(config.hydra.overrides.task), "the command line")
+        except SweepFileError as error:
+            stop(2, f"{error}; no job was started")
+        configs = [cfg for _, cfg in jobs]
+        self.jobs = [(job, run_folder(cfg.paths.outputs, run_id(cfg))) for job, cfg in jobs]
         try:
             for line in make_available(configs):
                 print(line, flush=True)

@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
+from omegaconf import DictConfig
 
 from phases.config.compose import compose
 from phases.store.identity import run_id
@@ -146,20 +147,25 @@ def first_failing(job: list[str]) -> str:
     return " ".join(job)
 
 
-def list_jobs(overrides: list[str], sweep_file: Path) -> list[tuple[list[str], Path]]:
-    jobs = []
+def composed_jobs(overrides: list[str], source: str | Path) -> list[tuple[list[str], DictConfig]]:
+    """Every job of the overrides with its composed config; SweepFileError naming `source` and the
+    override where composing fails (phases.sweep's file, or phases.multirun's command line)."""
     try:
         combinations = job_overrides(overrides)
     except Exception as error:  # a sweep value list Hydra cannot expand, e.g. `seed=range(x)`
-        raise SweepFileError(f"{sweep_file}: the overrides do not form jobs: {paragraph(error)}") from error
+        raise SweepFileError(f"{source}: the overrides do not form jobs: {paragraph(error)}") from error
+    jobs = []
     for job in combinations:
         try:
-            cfg = compose(job)
+            jobs.append((job, compose(job)))
         except Exception as error:  # Hydra's and our config errors have many types; each is the user's input
-            raise SweepFileError(f"{sweep_file}: the override `{first_failing(job)}` does not compose: "
+            raise SweepFileError(f"{source}: the override `{first_failing(job)}` does not compose: "
                                  f"{paragraph(error)} (job: {' '.join(job)})") from error
-        jobs.append((job, run_folder(cfg.paths.outputs, run_id(cfg))))
     return jobs
+
+
+def list_jobs(overrides: list[str], sweep_file: Path) -> list[tuple[list[str], Path]]:
+    return [(job, run_folder(cfg.paths.outputs, run_id(cfg))) for job, cfg in composed_jobs(overrides, sweep_file)]
 
 
 def print_jobs(jobs: list[tuple[list[str], Path]], before: dict[Path, str] | None = None) -> dict[str, int]:
