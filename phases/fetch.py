@@ -28,7 +28,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from phases.config.compose import compose
-from phases.config.schema import TransferTask
+from phases.config.probe_schema import TransferTask
 from phases.config.validation import ConfigError, download_allowed
 from phases.training.data import DATASETS, DataNotFoundError, fetch_command, fetch_dataset, locate_files
 from phases.training.data.fetching import FetchError

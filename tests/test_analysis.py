@@ -114,15 +114,16 @@ def test_phase_table_values_match_a_computation_by_hand(runs):
 
 
 def test_the_phase_table_gives_each_probe_points_decoder_size(runs):
-    """With the sizes recorded (runs since issue 14 write `features` and `images` rows beside `mse`)."""
+    """With the sizes recorded (runs since issue 14 write `features`, `images` and `ridge` rows beside `mse`)."""
     metrics = runs.metrics[runs.metrics["sweep"] == "fixture"]
     rl_rows = metrics.query("probe == 'reconstruction' and metric == 'mse' and split == 'test'")
     sizes = [rl_rows.assign(metric=metric, split="train", value=value)
-             for metric, value in (("features", 512.0), ("images", 5000.0))]
+             for metric, value in (("features", 512.0), ("images", 5000.0), ("ridge", 3.16e-4))]
     table = tables.phase_table(pd.concat([metrics, *sizes]), ["dataset", "arch"]).set_index("layer")
     assert (table["features_mean"] == 512).all() and (table["images_mean"] == 5000).all()
     text = tables.readable(table.reset_index())
     assert text.loc[0, "decoder features"] == "512 ± 0" and text.loc[0, "decoder training images"] == "5000 ± 0"
+    assert text.loc[0, "decoder ridge (relative)"] == "0.00032 ± 0"  # two significant digits, not 0.0003
 
 
 def test_the_theory_table_shows_training_accuracy_rising_where_test_accuracy_is_capped(runs):

@@ -168,7 +168,8 @@ def test_enabled_names_come_from_the_probe_and_output_metric_registries():
     with pytest.raises(ConfigError) as raised:
         check_enabled(["reconstruction", "decoder"])
     assert raised.value.key == "probe.enabled"
-    assert "reconstruction, reconstruction_conv, linear, transfer, sample_loss" in str(raised.value)
+    assert ("reconstruction, reconstruction_recipe, reconstruction_conv, linear, linear_recipe, transfer, "
+            "sample_loss") in str(raised.value)
 
 
 @pytest.mark.parametrize("launcher, timeout_min", [("local", 4320), ("slurm", 1440)])

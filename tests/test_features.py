@@ -64,3 +64,44 @@ def test_spatial_pool_averages_feature_maps_only_when_asked():
     expected = torch.nn.functional.adaptive_avg_pool2d(plain["block1"].view(5, 8, 16, 16), 4).flatten(1)
     assert pooled["block1"].shape == (5, 8 * 4 * 4) and torch.allclose(pooled["block1"], expected, atol=1e-6)
     assert torch.equal(pooled["block5"], plain["block5"])  # already flat: untouched
+
+
+def test_each_point_keeps_only_the_rows_its_probes_read():
+    model = trained_a_little().eval()
+    images = torch.randn(7, 1, 32, 32)
+    whole = collect_activations(model, images, ["block1", "block5"], batch_size=3)
+    kept = collect_activations(model, images, ["block1", "block5"], batch_size=3, counts={"block1": 5, "block5": 2})
+    assert kept["block1"].shape[0] == 5 and kept["block5"].shape[0] == 2
+    assert torch.allclose(kept["block1"], whole["block1"][:5]) and torch.allclose(kept["block5"], whole["block5"][:2])
+
+
+class ShapeRecorder:
+    """A probe that records the training and test images it is given per point."""
+
+    name, dataset = "recorder", "own"
+
+    def __init__(self):
+        self.seen = {}
+
+    def fit_and_score(self, train, test):
+        self.seen[train.point] = (train.features.shape, len(train.images), len(train.labels), test.features.shape)
+        return []
+
+
+def test_wide_points_are_probed_on_images_in_proportion_to_their_features():
+    from phases.training.data import ImageSplits
+    from phases.training.evaluation import Evaluator
+
+    model = trained_a_little()  # width 0.25: block1 is 8 x 16 x 16 = 2048 features, block5 128
+    generator = torch.Generator().manual_seed(0)
+    splits = ImageSplits(torch.randn(1200, 1, 32, 32, generator=generator), torch.arange(1200) % 10,
+                         torch.randn(300, 1, 32, 32, generator=generator), torch.arange(300) % 10,
+                         DatasetInfo(1, 10, 32), source="generated")
+    probe_cfg = OmegaConf.create({"layers": ["block1", "block5"], "train_size": 100, "test_size": 50,
+                                  "min_images_per_feature": 0.25, "classifier_train_size": 10, "batch_size": 64,
+                                  "spatial_pool": None, "bn_mode": "precise_eval", "calibration_size": 50,
+                                  "sample_loss": {"quantiles": [0.5], "worst_fractions": [0.1]}, "enabled": []})
+    recorder = ShapeRecorder()
+    Evaluator(model, {"own": splits}, [recorder], probe_cfg, seed=0, training_batch_size=32)()
+    # block1: 0.25 x 2048 = 512 images; block5: max(train_size 100, 0.25 x 128 = 32).
+    assert recorder.seen == {"block1": ((512, 2048), 512, 512, (50, 2048)), "block5": ((100, 128), 100, 100, (50, 128))}

@@ -8,10 +8,12 @@ from phases.config import schema
 from phases.config.compose import compose
 from phases.store.identity import result_settings, run_id
 
-# The default run's id since the published script's resize became the default (issue 14); a change here
-# re-runs every finished default run. Before it (issue 11 on), the default run resized bilinearly.
-DEFAULT_RUN_ID = "fashion_mnist-vgg8-sgd-s0-bbb022dc"
+# The default run's id since the published script's resize, the ridge chosen by generalised cross-validation
+# and wide points probed on 4 images per feature became the defaults (issue 14); a change here re-runs every
+# finished default run. Before them (issue 11 on), the default run resized bilinearly with a ridge of 1e-3.
+DEFAULT_RUN_ID = "fashion_mnist-vgg8-sgd-s0-eace3c6f"
 BILINEAR_RUN_ID = "fashion_mnist-vgg8-sgd-s0-f6f4b350"
+BEFORE_ISSUE_14 = ["dataset.resize=bilinear", "probe.reconstruction.ridge=0.001", "probe.min_images_per_feature=0"]
 
 
 def test_the_default_runs_id_is_stable():
@@ -36,7 +38,7 @@ def test_a_new_setting_with_a_default_keeps_every_id(monkeypatch):
     "probe.max_activation_gb=1", "schedule.checkpoint_minutes=1",
     "probe.transfer.validation_fraction=0.5",  # transfer is not enabled
     "probe.reconstruction_conv.epochs=3",  # reconstruction_conv is not enabled
-    "probe.reconstruction.ridge=0.001",  # the default, written out
+    "probe.reconstruction.ridge=gcv",  # the default, written out
 ])
 def test_settings_that_cannot_change_results_keep_the_id(override):
     assert run_id(compose([override])) == DEFAULT_RUN_ID
@@ -44,6 +46,7 @@ def test_settings_that_cannot_change_results_keep_the_id(override):
 
 @pytest.mark.parametrize("override", [
     "seed=1", "schedule.max_steps=4096", "probe.reconstruction.ridge=0.01", "arch.width=0.5",
+    "probe.min_images_per_feature=8",
     "probe.enabled=[reconstruction,linear,transfer,sample_loss]", "probe.bn_mode=eval", "optimizer.lr=0.01",
 ])
 def test_settings_that_change_results_change_the_id(override):
@@ -59,7 +62,15 @@ def test_calibration_size_counts_only_when_statistics_are_recomputed():
 def test_a_default_that_changed_what_runs_compute_changes_their_ids_but_not_the_old_ones():
     """dataset.resize came with a default (spline) other than what runs did before (bilinear): a finished
     bilinear run keeps its id and is never taken for a spline one."""
-    assert run_id(compose(["dataset.resize=bilinear"])) == BILINEAR_RUN_ID != DEFAULT_RUN_ID
+    assert run_id(compose(BEFORE_ISSUE_14)) == BILINEAR_RUN_ID != DEFAULT_RUN_ID
+    for changed in BEFORE_ISSUE_14:  # each of the three alone makes a run of its own
+        assert run_id(compose([changed])) not in (BILINEAR_RUN_ID, DEFAULT_RUN_ID)
+
+
+def test_the_ridge_is_hashed_only_for_the_decoder_that_uses_it():
+    assert "probe.reconstruction.ridge" in result_settings(compose())
+    paper = result_settings(compose(["probe=paper"]))
+    assert "probe.reconstruction.ridge" not in paper
 
 
 def test_a_name_that_came_to_mean_another_network_is_hashed_with_its_revision():
@@ -71,5 +82,6 @@ def test_a_name_that_came_to_mean_another_network_is_hashed_with_its_revision():
 def test_the_hashed_settings_name_what_is_built():
     assert result_settings(compose()) == {"dataset.name": "fashion_mnist", "dataset.resize": "spline",
                                           "dataset.mean": [0.281], "dataset.std": [0.352], "arch.name": "vgg8",
-                                          "optimizer._target_": "torch.optim.SGD"}
+                                          "optimizer._target_": "torch.optim.SGD",
+                                          "probe.reconstruction.ridge": "gcv", "probe.min_images_per_feature": 4.0}
     assert result_settings(compose(["probe.bn_mode=train"]))["probe.bn_mode"] == "train"

@@ -18,7 +18,7 @@ from phases.training.probes import (
     TransferProbe,
     fit_ridge,
 )
-from phases.training.probes.reconstruction import symmetric_gram
+from phases.training.probes.reconstruction import RIDGE_GRID, gcv_ridge, symmetric_gram
 from phases.training.probes.transfer import colour_dominance_labels, quadrant_dominance_labels
 
 
@@ -94,6 +94,56 @@ def test_ridge_survives_constant_features():
     targets = torch.randn(50, 4)
     weight, bias, _ = fit_ridge(inputs, targets, ridge=1e-3)
     assert torch.all(weight == 0) and torch.allclose(bias, targets.mean(0))
+
+
+def brute_force_gcv(inputs: torch.Tensor, targets: torch.Tensor, ridge: float) -> float:
+    """GCV from the explicit hat matrix of the centred problem: RSS / (n - 1 - trace(H))^2."""
+    centred = (inputs - inputs.mean(0)).double()
+    centred_targets = (targets - targets.mean(0)).double()
+    gram = centred.T @ centred
+    penalty = ridge * gram.trace() / inputs.shape[1]
+    hat = centred @ torch.linalg.solve(gram + penalty * torch.eye(len(gram), dtype=torch.float64), centred.T)
+    residual = (centred_targets - hat @ centred_targets).square().sum()
+    return (residual / (len(inputs) - 1 - hat.trace()).square()).item()
+
+
+@pytest.mark.parametrize("images, features", [(120, 20), (40, 90)])  # primal, and dual (more features than images)
+def test_gcv_chooses_the_penalty_the_explicit_hat_matrix_does(images, features):
+    inputs, weight, _ = random_problem(images=images, features=features, outputs=6, seed=4)
+    targets = inputs @ weight / features**0.5 + 2 * torch.randn(images, 6, generator=torch.Generator().manual_seed(5))
+    grid = torch.logspace(-6, 2, 17, dtype=torch.float64)
+    scores = [brute_force_gcv(inputs, targets, ridge.item()) for ridge in grid]
+    assert gcv_ridge(inputs, targets, grid) == pytest.approx(grid[int(np.argmin(scores))].item())
+
+
+def test_gcv_penalises_noise_and_spares_a_clean_linear_map():
+    inputs, weight, bias = random_problem(images=300, features=40, outputs=8)
+    assert gcv_ridge(inputs, inputs @ weight + bias) <= 1e-6  # nothing to shrink: the least penalty wins
+    noise = torch.randn(300, 8, generator=torch.Generator().manual_seed(1))
+    assert gcv_ridge(inputs, noise) >= 1.0  # features unrelated to the targets: shrink everything
+
+
+def test_a_gcv_penalty_is_chosen_once_per_point_recorded_and_restored():
+    inputs, weight, _ = random_problem(images=300, features=20, outputs=4, seed=2)
+    images = (inputs @ weight + torch.randn(300, 4, generator=torch.Generator().manual_seed(3))).reshape(300, 1, 2, 2)
+
+    def data(features, point):
+        return ProbeData(features, images, torch.zeros(300, dtype=torch.long), (20,), point=point)
+
+    decoder = ClosedFormReconstruction(ridge="gcv")
+    first = metrics(decoder.fit_and_score(data(inputs, "block1"), data(inputs, "block1")))
+    expected = gcv_ridge(inputs, images.flatten(1))
+    assert first[("ridge", "train")] == expected and expected in RIDGE_GRID.tolist()
+    # Later steps keep the point's penalty even where GCV would now choose another one.
+    noise = torch.randn(300, 20, generator=torch.Generator().manual_seed(9))
+    assert metrics(decoder.fit_and_score(data(noise, "block1"), data(noise, "block1")))[("ridge", "train")] == expected
+    assert metrics(decoder.fit_and_score(data(noise, "block2"), data(noise, "block2")))[("ridge", "train")] != expected
+    resumed = ClosedFormReconstruction(ridge="gcv")
+    resumed.restore([{"step": step, "layer": "block1", "probe": "reconstruction", "metric": "ridge", "value": value}
+                     for step, value in ((8, 0.5), (0, expected), (4, 0.25))])
+    assert resumed.chosen == {"block1": expected}  # the first evaluation's
+    fixed = ClosedFormReconstruction(ridge=1e-3)
+    assert metrics(fixed.fit_and_score(data(noise, "block1"), data(noise, "block1")))[("ridge", "train")] == 1e-3
 
 
 def blobs(images: int, seed: int, separation: float = 8.0):

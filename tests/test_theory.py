@@ -282,8 +282,9 @@ def test_sample_loss_splits_majority_and_atypical_as_a_direct_computation():
 
 def test_evaluation_sets_carry_the_atypical_flag_of_the_same_samples():
     splits = generate(atypical_fraction=0.2)
-    probe = OmegaConf.create({"train_size": 1000, "test_size": 500, "classifier_train_size": 3000})
-    sets = evaluation_sets(splits, probe, seed=0)
+    probe = OmegaConf.create({"train_size": 1000, "test_size": 500, "classifier_train_size": 3000,
+                              "min_images_per_feature": 4})
+    sets = evaluation_sets(splits, probe, seed=0, point_features={"hidden": 100})
     for split, images, flags in (("train", splits.train_images, splits.train_atypical),
                                  ("test", splits.test_images, splits.test_atypical)):
         chosen = sets[split]

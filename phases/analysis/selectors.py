@@ -11,9 +11,10 @@ def reconstruction_curves(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def reconstruction_fit_sizes(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Per run and probe point, the decoder's feature count and training images (`features`, `images`;
-    the same at every step), indexed by (run_id, layer); empty for runs written before they were recorded."""
-    sizes = metrics.query("probe == 'reconstruction' and metric in ('features', 'images')")
+    """Per run and probe point, the decoder's feature count, training images and relative ridge penalty
+    (`features`, `images`, `ridge`; the same at every step), indexed by (run_id, layer); empty for runs
+    written before they were recorded."""
+    sizes = metrics.query("probe == 'reconstruction' and metric in ('features', 'images', 'ridge')")
     return sizes.pivot_table(index=["run_id", "layer"], columns="metric", values="value", aggfunc="first")
 
 

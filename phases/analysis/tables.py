@@ -4,7 +4,7 @@
   the end of phase (i), the RL minimum (start of phase iii), RL at start, minimum and end, the rise
   after the minimum, and the classifier's test and train accuracy at the minimum and at the end (train
   accuracy shows the few being fitted where test accuracy cannot: the prototypes model's label noise),
-  and the decoder's feature count and training images (how far its estimate can be trusted);
+  and the decoder's feature count, training images and ridge penalty (how far its estimate can be trusted);
 - transfer table (paper.md 4.3): per experiment, probe point and transfer task, test accuracy at step
   0, at t* (the step of best accuracy on the held-out `val` split), at the last step, best minus last,
   and the test-set oracle beside it.
@@ -30,7 +30,7 @@ from phases.analysis.selectors import (
 from phases.store.files import write_atomically
 
 
-def _mean_and_std(per_seed: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+def mean_and_std(per_seed: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Per group of `keys`: the number of seeds, then each numeric column's mean and std over seeds."""
     grouped = per_seed.groupby(keys, dropna=False, sort=True)
     values = [column for column in per_seed.columns if column not in (*keys, "seed")]
@@ -65,13 +65,13 @@ def phase_table(metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     per_seed = pd.DataFrame(rows).astype({"end_of_phase_one_step": float})
-    return _mean_and_std(per_seed, [*keys, "layer"])
+    return mean_and_std(per_seed, [*keys, "layer"])
 
 
 def fit_size(sizes: pd.DataFrame, run_id: str, layer: str) -> dict[str, float]:
-    """The decoder's `features` and training `images` at this probe point (NaN where not recorded)."""
+    """The decoder's `features`, training `images` and `ridge` at this probe point (NaN where not recorded)."""
     found = sizes.loc[(run_id, layer)] if (run_id, layer) in sizes.index else {}
-    return {column: float(found.get(column, np.nan)) for column in ("features", "images")}
+    return {column: float(found.get(column, np.nan)) for column in ("features", "images", "ridge")}
 
 
 def transfer_table(metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -90,7 +90,7 @@ def transfer_table(metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
                          "oracle_step": oracle, "oracle_accuracy": by_split["test"].max()})
     if not rows:
         return pd.DataFrame()
-    table = _mean_and_std(pd.DataFrame(rows), [*keys, "layer", "probe"])
+    table = mean_and_std(pd.DataFrame(rows), [*keys, "layer", "probe"])
     table["probe"] = table["probe"].str.removeprefix("transfer_")
     return table.rename(columns={"probe": "task"})
 
@@ -98,8 +98,9 @@ def transfer_table(metrics: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def _cell(mean: float, std: float, seeds: int, digits: int, missing: str) -> str:
     if pd.isna(mean):
         return missing
-    text = f"{mean:.{digits}f}"
-    return text if seeds < 2 or pd.isna(std) else f"{text} ± {std:.{digits}f}"
+    number = "{:.2g}" if digits is None else f"{{:.{digits}f}}"  # None: two significant digits (penalties)
+    text = number.format(mean)
+    return text if seeds < 2 or pd.isna(std) else f"{text} ± {number.format(std)}"
 
 
 # Column -> (heading in words, with units, and decimals). Steps are whole numbers; RL in normalised pixels.
@@ -113,6 +114,11 @@ HEADINGS = {
     "chosen_minus_end": ("t* minus end", 3), "oracle_step": ("oracle step (test)", 0),
     "oracle_accuracy": ("oracle test accuracy", 3),
     "features": ("decoder features", 0), "images": ("decoder training images", 0),
+    "ridge": ("decoder ridge (relative)", None),
+    "best_step_fast": ("best step, fast probe", 0), "best_step_recipe": ("best step, recipe", 0),
+    "worse_at_end_fast": ("end worse than best, fast probe (%)", 1),
+    "worse_at_end_recipe": ("end worse than best, recipe (%)", 1),
+    "rank_correlation": ("rank correlation of the two curves", 2),
 }
 
 

@@ -21,7 +21,7 @@ import torch
 
 from phases.bench.training_step import synchronise
 from phases.config.compose import compose
-from phases.config.schema import BatchNormMode
+from phases.config.probe_schema import BatchNormMode
 from phases.training.data import dataset_info, load_image_splits, seeded_subset
 from phases.training.device import autocast, place_model, resolve_device
 from phases.training.features import collect_activations, frozen

@@ -15,6 +15,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from phases.config.probe_schema import ProbeConfig  # the largest node, in a module of its own
+
 
 class AtypicalKind(str, Enum):
     """Where an atypical sample of the prototypes data model is centred (phases/training/data/prototypes.py)."""
@@ -24,14 +26,6 @@ class AtypicalKind(str, Enum):
     # On one of a few secondary prototypes of its own class, drawn once per seed for train and test: the kinds
     # above cap test accuracy near 1 - atypical_fraction (labels the input cannot tell); fitting these raises it.
     secondary_prototype = "secondary_prototype"
-
-
-class BatchNormMode(str, Enum):
-    """How BatchNorm normalises while activations are extracted (phases/training/features.py)."""
-
-    precise_eval = "precise_eval"  # eval mode, statistics recomputed on probe images at the current weights
-    eval = "eval"  # eval mode with the running statistics as training left them
-    train = "train"  # batch statistics in batches of schedule.batch_size: the published script's quirk
 
 
 class LoggerName(str, Enum):
@@ -48,23 +42,6 @@ class ResizeMethod(str, Enum):
     bilinear = "bilinear"  # torchvision's antialiased bilinear resize (this project's first versions)
 
 
-class ReconstructionSolver(str, Enum):
-    closed_form = "closed_form"  # the exact ridge optimum of the affine decoder
-    sgd = "sgd"  # the published recipe: Adam on the per-pixel MSE
-
-
-class ClassifierSolver(str, Enum):
-    lbfgs = "lbfgs"  # full-batch multinomial logistic regression on the cached activations
-    sgd = "sgd"  # the published recipe: SGD with momentum and a step decay
-
-
-class TransferTask(str, Enum):
-    dominance = "dominance"  # colour_dominance for RGB datasets, quadrant_dominance for grayscale ones
-    colour_dominance = "colour_dominance"  # which of R, G, B has the largest sum (RGB only; the paper's)
-    quadrant_dominance = "quadrant_dominance"  # which image quadrant has the largest sum (any image)
-    dataset_switch = "dataset_switch"  # the paired dataset's own labels (fashion_mnist <-> mnist, cifar10 <-> cifar100)
-
-
 @dataclass
 class DatasetConfig:
     name: str = MISSING  # a dataset of phases.training.data, e.g. "fashion_mnist"
@@ -76,6 +53,9 @@ class DatasetConfig:
     std: list[float] = MISSING  # per-channel standard deviation, same units
     train_size: int | None = None  # train on a seeded subset of this many images; null = all
     test_size: int | None = None  # evaluate on a seeded subset of this many images; null = all
+    # Train and evaluate on these classes only, relabelled 0..k-1 in this order, before train_size/test_size
+    # draw; null = all. The transfer task class_switch probes the other classes (relabelled in ascending order).
+    class_subset: list[int] | None = None
     # auto: fetch the official files (checksums verified) when no searched folder holds them; true: the
     # same, said explicitly; false: strictly offline, a missing dataset stops the run naming
     # `python -m phases.fetch`. Any, not an Enum: Hydra reads true/false as booleans, which an Enum field
@@ -159,83 +139,6 @@ class ScheduleConfig:
     # Besides after every evaluation, checkpoint when this many minutes passed since the last one, so a
     # run killed without warning (SIGKILL, a node failure) loses at most that much; 0 = every step.
     checkpoint_minutes: float = 10.0
-
-
-@dataclass
-class AdamRecipeConfig:
-    """The published script's decoder training: Adam on the per-pixel MSE (reconstruction_conv uses it as is)."""
-
-    epochs: int = 20
-    lr: float = 3.0e-4
-    weight_decay: float = 1.0e-5
-    batch_size: int = 128
-
-
-@dataclass
-class ReconstructionProbeConfig(AdamRecipeConfig):
-    solver: ReconstructionSolver = ReconstructionSolver.closed_form  # sgd: the Adam recipe above
-    # closed_form: ridge penalty relative to the features' scale, lambda = ridge * trace(X^T X) / features,
-    # so the same setting means the same regularisation at step 0 and after activations grew 100-fold.
-    ridge: float = 1.0e-3
-
-
-@dataclass
-class LinearProbeConfig:
-    solver: ClassifierSolver = ClassifierSolver.lbfgs
-    # lbfgs: penalty on the squared weights (standardised features), added to the mean loss; 1e-2
-    # matches the SGD recipe's test accuracy (make bench).
-    l2: float = 1.0e-2
-    max_iterations: int = 30  # lbfgs: iterations on the full probe training set
-    # sgd: the published recipe, SGD with momentum, lr x0.1 after lr_drop_epoch.
-    epochs: int = 20
-    lr: float = 0.01
-    momentum: float = 0.9
-    lr_drop_epoch: int = 10
-    batch_size: int = 128
-
-
-@dataclass
-class TransferProbeConfig:
-    tasks: list[TransferTask] = field(default_factory=lambda: [TransferTask.dominance])
-    validation_fraction: float = 0.2  # of the transfer training images, held out and reported as split "val"
-    classifier: LinearProbeConfig = field(default_factory=LinearProbeConfig)
-
-
-@dataclass
-class SampleLossConfig:
-    quantiles: list[float] = field(default_factory=lambda: [0.5, 0.9, 0.99])  # of the per-sample loss
-    worst_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])  # share of loss they carry
-
-
-@dataclass
-class ProbeConfig:
-    # Probe points to measure; null = every point the arch declares; `penultimate` names the input of
-    # the final Linear in any arch (block5 in the VGGs, pooled in the ResNets). Probing every point is
-    # several times slower on a CPU.
-    layers: list[str] | None = field(default_factory=lambda: ["penultimate", "logits"])
-    train_size: int | None = 5000  # images the probes are fitted on (a seeded subset of the training split); null = all
-    test_size: int | None = 5000  # images the probes are scored on (a seeded subset of the test split); null = all
-    # Training images the classifier's own train accuracy is measured on; its test accuracy always
-    # uses the whole (possibly dataset.test_size-reduced) test split.
-    classifier_train_size: int = 5000
-    batch_size: int = 256  # images per forward pass when collecting activations (speed only; fits CPU caches)
-    calibration_size: int = 2000  # precise_eval: probe training images BatchNorm statistics are recomputed on
-    # Average-pool feature maps larger than this side (e.g. 4 -> at most C x 4 x 4) before probing;
-    # null = probe the maps as they are. Pooling changes what is measured: only set it deliberately.
-    spatial_pool: int | None = None
-    # The probed layers' activations of one evaluation step (probe train + test images, float32) may
-    # use at most this much memory; a larger configuration fails before training, saying what to change.
-    max_activation_gb: float = 8.0
-    bn_mode: BatchNormMode = BatchNormMode.precise_eval
-    # What runs at each evaluation, each configured in the node of its name below: layer probes
-    # (phases.training.probes: reconstruction, reconstruction_conv, linear, transfer) and measurements
-    # of the classifier's output (phases.training.output_metrics: sample_loss).
-    enabled: list[str] = field(default_factory=lambda: ["reconstruction", "linear", "sample_loss"])
-    reconstruction: ReconstructionProbeConfig = field(default_factory=ReconstructionProbeConfig)
-    reconstruction_conv: AdamRecipeConfig = field(default_factory=AdamRecipeConfig)
-    linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
-    transfer: TransferProbeConfig = field(default_factory=TransferProbeConfig)
-    sample_loss: SampleLossConfig = field(default_factory=SampleLossConfig)
 
 
 @dataclass

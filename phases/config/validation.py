@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from phases.config import schema
+from phases.config import probe_schema, schema
 
 
 class ConfigError(ValueError):
@@ -30,6 +30,9 @@ def require(condition: bool, key: str, value: Any, allowed: str) -> None:
     if not condition:
         raise ConfigError(key, value, allowed)
 
+
+# probe.reconstruction.ridge's word for a penalty chosen by generalised cross-validation.
+RIDGE_BY_GCV = "gcv"
 
 # dataset.download's values: Hydra reads true/false as booleans; the quoted words are taken too.
 DOWNLOAD_VALUES = {"auto": True, "true": True, "false": False}
@@ -55,11 +58,32 @@ def _dataset(node: DictConfig, key: str) -> None:
         require(std > 0, f"{key}.std[{index}]", std, "a positive standard deviation")
     _optional_size(f"{key}.train_size", node.train_size)
     _optional_size(f"{key}.test_size", node.test_size)
+    check_class_subset(node.class_subset, None, f"{key}.class_subset")
     download_allowed(node.download, f"{key}.download")
+
+
+def check_class_subset(subset: list[int] | None, classes: int | None, key: str = "dataset.class_subset") -> None:
+    """dataset.class_subset: null, or at least 2 distinct class numbers in [0, classes). The class count is
+    the data module's (phases.training.data): without it (`classes=None`, validate) the upper end is
+    left to that module's check, which repeats this one with the count before anything is read."""
+    if subset is None:
+        return
+    values = list(subset)
+    repeated = sorted({value for value in values if values.count(value) > 1})
+    outside = [value for value in values if value < 0 or (classes is not None and value >= classes)]
+    problem = ("fewer than 2 classes leave nothing to classify" if len(values) < 2
+               else f"{repeated} listed more than once" if repeated
+               else f"{outside} outside the range" if outside else None)
+    valid_range = f"[0, {classes})" if classes is not None else "[0, the dataset's number of classes)"
+    require(problem is None, key, values,
+            f"{problem}; give null (every class) or at least 2 distinct class numbers in {valid_range}, "
+            "e.g. [0,1,2,3,4]")
 
 
 def _prototypes(node: DictConfig, key: str) -> None:
     """The generated data model's ranges (its source and shape are checked by the data module)."""
+    require(node.class_subset is None, f"{key}.class_subset", node.class_subset,
+            "null: the generated data model draws its own classes (set dataset.classes for fewer of them)")
     require(node.classes >= 2, f"{key}.classes", node.classes, "an integer >= 2")
     for size in ("train_size", "test_size"):
         require(node[size] is not None and node[size] >= node.classes, f"{key}.{size}", node[size],
@@ -117,12 +141,18 @@ def _adam_recipe(node: DictConfig, key: str) -> None:
 
 
 def _reconstruction(node: DictConfig, key: str) -> None:
-    require(node.ridge > 0, f"{key}.ridge", node.ridge, "a positive relative ridge penalty, e.g. 1e-3")
+    ridge = node.ridge
+    chosen = ridge == RIDGE_BY_GCV or (isinstance(ridge, int | float) and not isinstance(ridge, bool) and ridge > 0)
+    require(chosen, f"{key}.ridge", ridge,
+            f"{RIDGE_BY_GCV} (chosen by generalised cross-validation) or a positive relative ridge penalty, e.g. 1e-3")
 
 
 def _classifier(node: DictConfig, key: str) -> None:
     require(node.l2 >= 0, f"{key}.l2", node.l2, "a value >= 0")
     require(node.max_iterations >= 1, f"{key}.max_iterations", node.max_iterations, "an integer >= 1")
+
+
+def _sgd_recipe(node: DictConfig, key: str) -> None:
     require(0 <= node.momentum < 1, f"{key}.momentum", node.momentum, "a value in [0, 1)")
     require(node.epochs >= 1, f"{key}.epochs", node.epochs, "an integer >= 1")
     require(node.lr > 0, f"{key}.lr", node.lr, "a positive learning rate")
@@ -151,6 +181,8 @@ def _probe(node: DictConfig, key: str) -> None:
     _optional_size(f"{key}.test_size", node.test_size)
     require(node.train_size is None or node.train_size >= 10, f"{key}.train_size", node.train_size,
             "at least 10 images to fit a probe, or null for all")
+    require(node.min_images_per_feature >= 0, f"{key}.min_images_per_feature", node.min_images_per_feature,
+            "a value >= 0 (e.g. 4: a point with d features is fitted on at least 4 x d images; 0 = train_size)")
 
 
 def _run(node: DictConfig, key: str) -> None:
@@ -169,12 +201,13 @@ CHECKS: dict[type, Callable[[DictConfig, str], None]] = {
     schema.OptimizerConfig: _optimizer,
     schema.SGDConfig: _sgd,
     schema.ScheduleConfig: _schedule,
-    schema.AdamRecipeConfig: _adam_recipe,
-    schema.ReconstructionProbeConfig: _reconstruction,
-    schema.LinearProbeConfig: _classifier,
-    schema.TransferProbeConfig: _transfer,
-    schema.SampleLossConfig: _sample_loss,
-    schema.ProbeConfig: _probe,
+    probe_schema.AdamRecipeConfig: _adam_recipe,
+    probe_schema.ReconstructionProbeConfig: _reconstruction,
+    probe_schema.SGDRecipeConfig: _sgd_recipe,
+    probe_schema.LinearProbeConfig: _classifier,
+    probe_schema.TransferProbeConfig: _transfer,
+    probe_schema.SampleLossConfig: _sample_loss,
+    probe_schema.ProbeConfig: _probe,
     schema.RunConfig: _run,
 }
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from phases.config.schema import BatchNormMode
+from phases.config.probe_schema import BatchNormMode, ReconstructionSolver
 
 # Where or how fast a run happens, never its results; also what the analysis never treats as a setting.
 # dataset.download says whether missing files may be fetched, not which: the files are checksum-verified.
@@ -31,6 +31,8 @@ NON_RESULT_KEYS = ("paths", "device", "force", "progress", "logger", "dataset.do
 # is hashed unless it holds that old behaviour, so old runs keep their ids and new ones get new ids.
 BEHAVIOUR_BEFORE_THE_KEY = {
     "dataset.resize": "bilinear",  # issue 14: the published script's spline zoom became the default
+    "probe.reconstruction.ridge": 1.0e-3,  # issue 14: chosen by generalised cross-validation (gcv)
+    "probe.min_images_per_feature": 0,  # issue 14: wide points fitted on at least 4 images per feature
 }
 # Values that came to mean something else, with their revision, hashed beside them.
 REVISIONS = {
@@ -75,6 +77,8 @@ def result_settings(cfg: DictConfig) -> dict[str, Any]:
     for name, node in cfg.probe.items():
         if isinstance(node, DictConfig) and name not in enabled:
             settings = {key: value for key, value in settings.items() if not key.startswith(f"probe.{name}.")}
+    if cfg.probe.reconstruction.solver != ReconstructionSolver.closed_form:  # the penalty of a decoder not fitted
+        settings.pop("probe.reconstruction.ridge", None)
     if cfg.probe.bn_mode != BatchNormMode.precise_eval:
         settings.pop("probe.calibration_size", None)
     return settings

@@ -1,10 +1,10 @@
 """What happens at an evaluation step: the classifier's own metrics, then every probe on every point.
 
-The Evaluator measures named datasets: OWN_DATASET (the run's dataset) and, when a dataset-switch
-transfer probe needs it, TRANSFER_PARTNER. Per dataset and split, one forward pass (frozen network, no_grad)
-collects the activations of all probed points for the probe images; on the run's own dataset the
-logits of that pass are extended to the classifier's evaluation images with a logits-only pass.
-Every probe reuses the cached activations.
+The Evaluator measures named datasets: OWN_DATASET (the run's dataset) and, when a dataset-switch or
+class-switch transfer probe needs it, TRANSFER_PARTNER or COMPLEMENT_CLASSES (probe images only). Per
+dataset and split, one forward pass (frozen network, no_grad) collects the activations of all probed
+points for the probe images; on the run's own dataset the logits of that pass are extended to the
+classifier's evaluation images with a logits-only pass. Every probe reuses the cached activations.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from phases.config.schema import BatchNormMode
+from phases.config.probe_schema import BatchNormMode
 from phases.config.validation import ConfigError
 from phases.training.data import ImageSplits, seeded_subset, subset_generator
 from phases.training.device import autocast
@@ -38,26 +38,40 @@ def check_enabled(enabled: list[str]) -> None:
 
 @dataclass
 class EvaluationSet:
-    """The images of one split measured at every evaluation step; the first `probe_count` feed the probes."""
+    """The images of one split measured at every evaluation step; the first `point_counts[point]` feed the
+    probes of that point, so the first `probe_count` (the largest) are passed through the network."""
 
     images: torch.Tensor
     labels: torch.Tensor
-    probe_count: int
+    point_counts: dict[str, int]
     atypical: torch.Tensor | None = None  # generated data models only: which samples are the atypical few
 
+    @property
+    def probe_count(self) -> int:
+        return max(self.point_counts.values(), default=0)
 
-def probe_counts(splits: ImageSplits, probe_cfg: DictConfig) -> tuple[int, int]:
-    """How many train and test images the probes read (probe.train_size/test_size, null = the whole split)."""
+
+def point_counts(splits: ImageSplits, probe_cfg: DictConfig,
+                 point_features: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """Train and test images each probed point's probes read: probe.test_size test images, and
+    max(probe.train_size, probe.min_images_per_feature x features) training images (null sizes = the
+    whole split; never more than the split)."""
     train_total, test_total = len(splits.train_labels), len(splits.test_labels)
-    return min(probe_cfg.train_size or train_total, train_total), min(probe_cfg.test_size or test_total, test_total)
+    base_train = min(probe_cfg.train_size or train_total, train_total)
+    test = min(probe_cfg.test_size or test_total, test_total)
+    train = {point: min(train_total, max(base_train, math.ceil(probe_cfg.min_images_per_feature * features)))
+             for point, features in point_features.items()}
+    return train, dict.fromkeys(point_features, test)
 
 
-def evaluation_sets(splits: ImageSplits, probe_cfg: DictConfig, seed: int,
+def evaluation_sets(splits: ImageSplits, probe_cfg: DictConfig, seed: int, point_features: dict[str, int],
                     probe_images_only: bool = False) -> dict[str, EvaluationSet]:
-    """Seeded, fixed for the whole run, so every step measures the same images. With
-    `probe_images_only` (a dataset only probes read), each set holds just its probe images."""
+    """Seeded, fixed for the whole run, so every step measures the same images. `point_features`: the
+    probed points' feature counts. With `probe_images_only` (a dataset only probes read), each set holds
+    just its probe images."""
     train_total, test_total = len(splits.train_labels), len(splits.test_labels)
-    probe_train, probe_test = probe_counts(splits, probe_cfg)
+    train_counts, test_counts = point_counts(splits, probe_cfg, point_features)
+    probe_train, probe_test = max(train_counts.values(), default=0), max(test_counts.values(), default=0)
     train_count = min(train_total, max(probe_cfg.classifier_train_size, probe_train))
     train_indices = seeded_subset(train_total, train_count, seed, "evaluation.train")
     # The whole test split, shuffled, so its first rows are a seeded probe subset.
@@ -67,9 +81,9 @@ def evaluation_sets(splits: ImageSplits, probe_cfg: DictConfig, seed: int,
     device = splits.train_images.device
     train_indices, test_indices = train_indices.to(device), test_indices.to(device)
     return {
-        "train": EvaluationSet(splits.train_images[train_indices], splits.train_labels[train_indices], probe_train,
+        "train": EvaluationSet(splits.train_images[train_indices], splits.train_labels[train_indices], train_counts,
                                _select(splits.train_atypical, train_indices)),
-        "test": EvaluationSet(splits.test_images[test_indices], splits.test_labels[test_indices], probe_test,
+        "test": EvaluationSet(splits.test_images[test_indices], splits.test_labels[test_indices], test_counts,
                               _select(splits.test_atypical, test_indices)),
     }
 
@@ -78,19 +92,28 @@ def _select(flags: torch.Tensor | None, indices: torch.Tensor) -> torch.Tensor |
     return None if flags is None else flags[indices]
 
 
+def point_features(model: ProbedNetwork, image_shape: tuple[int, ...], probe_cfg: DictConfig) -> dict[str, int]:
+    """Each probed point's feature count, after probe.spatial_pool."""
+    shapes = model.probe_shapes(image_shape)
+    return {point: math.prod(pooled_shape(shapes[point], probe_cfg.spatial_pool))
+            for point in model.resolve_points(probe_cfg.layers)}
+
+
 def check_activation_memory(model: ProbedNetwork, datasets: dict[str, ImageSplits], probe_cfg: DictConfig) -> float:
     """GB of activations one evaluation step holds; fails (before any training) above the limit."""
-    images = sum(sum(probe_counts(splits, probe_cfg)) for splits in datasets.values())
-    shapes = model.probe_shapes(tuple(datasets[OWN_DATASET].train_images.shape[1:]))
-    features = sum(math.prod(pooled_shape(shapes[layer], probe_cfg.spatial_pool))
-                   for layer in model.resolve_points(probe_cfg.layers))
-    needed = images * features * 4 / 1e9
+    features = point_features(model, tuple(datasets[OWN_DATASET].train_images.shape[1:]), probe_cfg)
+    values = 0
+    for splits in datasets.values():
+        for counts in point_counts(splits, probe_cfg, features):
+            values += sum(counts[point] * features[point] for point in features)
+    needed = values * 4 / 1e9
     if needed > probe_cfg.max_activation_gb:
         raise ConfigError("probe.max_activation_gb", probe_cfg.max_activation_gb,
                           f"the probed layers need {needed:.1f} GB of activations per evaluation "
-                          f"({features} features x {images} images); probe fewer layers (probe.layers), fewer "
-                          f"images (probe.train_size, probe.test_size), pool feature maps (probe.spatial_pool=4), "
-                          f"or raise the limit")
+                          f"({sum(features.values())} features, up to {probe_cfg.min_images_per_feature:g} "
+                          f"training images per feature); probe fewer layers (probe.layers), fewer images "
+                          f"(probe.train_size, probe.test_size, probe.min_images_per_feature), pool feature maps "
+                          f"(probe.spatial_pool=4), or raise the limit")
     return needed
 
 
@@ -124,10 +147,12 @@ def ignore(stage: EvaluationStage) -> None:
 class Evaluator:
     def __init__(self, model: ProbedNetwork, datasets: dict[str, ImageSplits], probes: list[Probe],
                  probe_cfg: DictConfig, seed: int, training_batch_size: int):
-        """`datasets` by name: OWN_DATASET (required) and the others the `probes` read (TRANSFER_PARTNER)."""
+        """`datasets` by name: OWN_DATASET (required) and the others the `probes` read (TRANSFER_PARTNER,
+        COMPLEMENT_CLASSES): probe images only, no classifier metrics on them."""
         own = datasets[OWN_DATASET]
         self.model = model
-        self.sets = {name: evaluation_sets(splits, probe_cfg, seed, probe_images_only=name != OWN_DATASET)
+        features = point_features(model, tuple(own.train_images.shape[1:]), probe_cfg)
+        self.sets = {name: evaluation_sets(splits, probe_cfg, seed, features, probe_images_only=name != OWN_DATASET)
                      for name, splits in datasets.items()}
         self.layers = model.resolve_points(probe_cfg.layers)
         self.depths = {**model.probe_depths(), "output": 1.0}
@@ -147,17 +172,28 @@ class Evaluator:
     def _pass(self, split: EvaluationSet) -> Activations:
         """The probe images' activations at every probed point, and logits for all of the set's images."""
         probed_images = split.images[: split.probe_count]
-        points = list(dict.fromkeys([*self.layers, "logits"]))
-        activations = collect_activations(self.model, probed_images, points, self.batch_size, self.spatial_pool)
+        # Each point keeps only the rows its probes read; the logits, all of them (the classifier's own metrics).
+        counts = {**split.point_counts, "logits": split.probe_count}
+        activations = collect_activations(self.model, probed_images, list(counts), self.batch_size, self.spatial_pool,
+                                          counts)
         logits = activations["logits"]
         if split.probe_count < len(split.images):
             rest = collect_activations(self.model, split.images[split.probe_count :], ["logits"], self.batch_size)
             logits = torch.cat([logits, rest["logits"]])
-        labels = split.labels[: split.probe_count]
-        atypical = None if split.atypical is None else split.atypical[: split.probe_count]
-        probe_data = {layer: ProbeData(activations[layer], probed_images, labels, self.shapes[layer], atypical)
-                      for layer in self.layers}
+        probe_data = {}
+        for layer in self.layers:
+            count = split.point_counts[layer]
+            atypical = None if split.atypical is None else split.atypical[:count]
+            probe_data[layer] = ProbeData(activations[layer][:count], probed_images[:count], split.labels[:count],
+                                          self.shapes[layer], atypical, point=layer)
         return Activations(logits, probe_data)
+
+    def restore(self, rows: list[dict[str, Any]]) -> None:
+        """A resumed run's probes take back what they chose at its first evaluation (the `ridge` gcv
+        chose per point) from the rows it recorded, so the penalties do not change with the resume."""
+        for probe in self.probes:
+            if hasattr(probe, "restore"):
+                probe.restore(rows)
 
     def __call__(self, show: Callable[[EvaluationStage], None] = ignore) -> list[dict[str, Any]]:
         """Rows of (layer, depth, probe, metric, split, value) for the model as it is now; `show` is told

@@ -30,13 +30,20 @@ from phases.store.identity import optimizer_name, run_id
 from phases.store.metrics import write_metrics
 from phases.store.record import CONFIG_FILE, METRICS_FILE, RECORD_FILE, RunRecord, RunStatus, now, run_folder, run_lock
 from phases.training.checkpoint import Checkpoint
-from phases.training.data import DataNotFoundError, ImageSplits, dataset_info, load_image_splits, transfer_partner
+from phases.training.data import (
+    DataNotFoundError,
+    ImageSplits,
+    complement_classes,
+    dataset_info,
+    load_image_splits,
+    transfer_partner,
+)
 from phases.training.device import place_model, resolve_device
 from phases.training.evaluation import Evaluator, check_activation_memory, check_enabled
 from phases.training.loggers import check_logger, metric_mirror
 from phases.training.models import ProbedNetwork, build_model
 from phases.training.optimizers import build_optimizer
-from phases.training.probes import OWN_DATASET, TRANSFER_PARTNER, Probe, build_probes
+from phases.training.probes import COMPLEMENT_CLASSES, OWN_DATASET, TRANSFER_PARTNER, Probe, build_probes
 from phases.training.provenance import cluster_job, provenance
 from phases.training.run_log import open_run_log, run_logging
 from phases.training.train import Interrupted, TrainingState, train
@@ -52,10 +59,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_datasets(cfg: DictConfig, device: torch.device, partner: str | None) -> dict[str, ImageSplits]:
+def load_datasets(cfg: DictConfig, device: torch.device, partner: str | None,
+                  complement: list[int] | None = None) -> dict[str, ImageSplits]:
     """The run's dataset and, when a probe reads it (dataset-switch transfer), its `partner` (with its own
-    normalisation and the run's subset sizes); a missing one stops the run before anything is written."""
+    normalisation and the run's subset sizes); a missing one stops the run before anything is written.
+    With `complement` (class-switch transfer), also the run's dataset on those classes, same sizes rule."""
     datasets = {OWN_DATASET: load_image_splits(cfg.dataset, cfg.paths, cfg.seed, device)}
+    if complement is not None:
+        complement_cfg = OmegaConf.merge(cfg.dataset, {"class_subset": complement})
+        datasets[COMPLEMENT_CLASSES] = load_image_splits(complement_cfg, cfg.paths, cfg.seed, device)
     if partner is None:
         return datasets
     partner_cfg = dataset_option(partner)
@@ -104,6 +116,9 @@ def checked_execute(cfg: DictConfig, job_number: int) -> RunRecord | str:
     probes = build_probes(cfg.probe, cfg.seed, info)
     # A dataset without a partner fails here, before any folder is written.
     partner = transfer_partner(cfg.dataset.name) if any(probe.dataset == TRANSFER_PARTNER for probe in probes) else None
+    # So does a class switch without dataset.class_subset, or with one that leaves fewer than 2 classes.
+    complement = complement_classes(cfg.dataset) if any(probe.dataset == COMPLEMENT_CLASSES for probe in probes) \
+        else None
     device = resolve_device(cfg.device, job_number)
     folder = run_folder(cfg.paths.outputs, run_id(cfg))
     if already_done(cfg, folder):
@@ -111,7 +126,7 @@ def checked_execute(cfg: DictConfig, job_number: int) -> RunRecord | str:
     problem = writable_folder_problem(folder.parent)
     if problem:
         raise ConfigError("paths.outputs", cfg.paths.outputs, f"a folder this user can write ({problem})")
-    datasets = load_datasets(cfg, device, partner)
+    datasets = load_datasets(cfg, device, partner, complement)
     check_activation_memory(model, datasets, cfg.probe)
     training_images = len(datasets[OWN_DATASET].train_labels)
     if cfg.schedule.batch_size > training_images:
@@ -177,6 +192,7 @@ def attempt(cfg: DictConfig, model: ProbedNetwork, datasets: dict[str, ImageSpli
     record.write(folder)
 
     evaluator = Evaluator(model, datasets, probes, cfg.probe, cfg.seed, cfg.schedule.batch_size)
+    evaluator.restore(rows)  # a resumed run's rows: what its probes chose at the first evaluation
     identity = {"run_id": folder.name, "dataset": cfg.dataset.name, "arch": cfg.arch.name,
                 "optimizer": optimizer_name(cfg), "seed": cfg.seed}
     with metric_mirror(cfg, folder, 0 if state is None else state.step, rows) as mirror:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from phases.config.schema import BatchNormMode
+from phases.config.probe_schema import BatchNormMode
 from phases.training.models import ProbedNetwork
 
 
@@ -72,9 +72,12 @@ def pooled_shape(shape: tuple[int, ...], spatial_pool: int | None) -> tuple[int,
 
 @torch.no_grad()
 def collect_activations(
-    model: ProbedNetwork, images: torch.Tensor, points: list[str], batch_size: int, spatial_pool: int | None = None
+    model: ProbedNetwork, images: torch.Tensor, points: list[str], batch_size: int, spatial_pool: int | None = None,
+    counts: dict[str, int] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Flattened float32 activations, (images, features) per point, in `images`' order.
+    """Flattened float32 activations, (images, features) per point, in `images`' order; with `counts`,
+    a point keeps only its first counts[point] images' (wide points are probed on more images than
+    narrow ones: memory goes only to the rows a probe reads).
 
     The caller sets the model's mode (see `frozen`). Forward hooks capture every requested point
     during the same pass, so adding a probe point adds no forward pass. Each point's result is
@@ -91,9 +94,10 @@ def collect_activations(
         def keep(_module, _inputs, output, point=point):
             if spatial_pool is not None and output.ndim == 4 and output.shape[-1] > spatial_pool:
                 output = F.adaptive_avg_pool2d(output, spatial_pool)
-            output = output.detach().flatten(1)
+            kept = len(images) if counts is None else counts[point]
+            output = output.detach().flatten(1)[: max(kept - start, 0)]
             if point not in outputs:
-                outputs[point] = torch.empty(len(images), output.shape[1], device=output.device)
+                outputs[point] = torch.empty(kept, output.shape[1], device=output.device)
             outputs[point][start : start + len(output)] = output
 
         handles.append(module.register_forward_hook(keep))

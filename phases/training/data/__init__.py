@@ -5,7 +5,8 @@
                    partner; DataNotFoundError
     fetching.py    the download of the official files (torchvision's names, md5s and mirrors):
                    verified, atomic, one process at a time
-    splits.py      seeded subsets, normalisation and resizing; a real dataset as device tensors
+    splits.py      seeded subsets, class subsets, normalisation and resizing; a real dataset as device
+                   tensors
     prototypes.py  the theory's data model, generated in memory from the config
 
 Real datasets (`DATASETS`) are read from their official files; generated ones (`GENERATED_DATASETS`:
@@ -36,6 +37,7 @@ from phases.training.data.sources import (
 from phases.training.data.splits import (
     DatasetInfo,
     ImageSplits,
+    complement_classes,
     load_real_splits,
     real_dataset_info,
     seeded_subset,
@@ -49,6 +51,7 @@ __all__ = [
     "DataNotFoundError",
     "DatasetInfo",
     "ImageSplits",
+    "complement_classes",
     "dataset_info",
     "fetch_command",
     "fetch_dataset",

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from torchvision.transforms.v2 import functional as image_functional
 
 from phases.config.schema import ResizeMethod
-from phases.config.validation import ConfigError, download_allowed
+from phases.config.validation import ConfigError, check_class_subset, download_allowed
 from phases.training.data.fetching import fetch_dataset
 from phases.training.data.formats import DataFormatError
 from phases.training.data.sources import DATASETS, DataNotFoundError, DatasetSource, locate_files, missing_data_message
@@ -101,11 +101,44 @@ def check_split(images: np.ndarray, labels: np.ndarray, files: list[Path], sourc
 
 
 def real_dataset_info(dataset_cfg: DictConfig) -> DatasetInfo:
-    """A real dataset's shape from its source, its normalisation checked against the source's channels."""
+    """A real dataset's shape from its source, its normalisation checked against the source's channels;
+    `classes` is what the classifier outputs: the length of dataset.class_subset when it is set."""
     source = DATASETS[dataset_cfg.name]
     if len(dataset_cfg.mean) != source.channels:
         raise ConfigError("dataset.mean", list(dataset_cfg.mean), f"{source.channels} value(s), one per channel")
-    return DatasetInfo(channels=source.channels, classes=source.classes, image_size=dataset_cfg.image_size)
+    subset = dataset_cfg.get("class_subset")
+    check_class_subset(subset, source.classes)
+    classes = source.classes if subset is None else len(subset)
+    return DatasetInfo(channels=source.channels, classes=classes, image_size=dataset_cfg.image_size)
+
+
+def complement_classes(dataset_cfg: DictConfig) -> list[int]:
+    """The classes the class_switch transfer probe measures on: those of the dataset outside
+    dataset.class_subset, ascending. A ConfigError when there is no subset or it leaves fewer than 2."""
+    subset = dataset_cfg.get("class_subset")
+    if subset is None:
+        raise ConfigError("probe.transfer.tasks", "class_switch",
+                          "class_switch probes the classes the run does not train on, so it needs "
+                          "dataset.class_subset (e.g. dataset.class_subset=[0,1,2,3,4]); or drop class_switch")
+    total = DATASETS[dataset_cfg.name].classes
+    trained = set(subset)
+    complement = [label for label in range(total) if label not in trained]
+    if len(complement) < 2:
+        raise ConfigError("dataset.class_subset", list(subset),
+                          f"probe.transfer.tasks includes class_switch, which needs at least 2 of {dataset_cfg.name}'s "
+                          f"{total} classes (0..{total - 1}) left outside the subset; this leaves {complement}")
+    return complement
+
+
+def keep_classes(labels: np.ndarray, subset: list[int] | None, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The positions of the images whose class is in `subset`, in file order, and their labels renumbered
+    0..k-1 in the subset's order (all of them, as they are, for None)."""
+    if subset is None:
+        return np.arange(len(labels)), labels
+    renumber = np.full(classes, -1, dtype=np.int64)
+    renumber[list(subset)] = np.arange(len(subset))
+    kept = np.flatnonzero(renumber[labels] >= 0)
+    return kept, renumber[labels[kept]]
 
 
 def load_real_splits(dataset_cfg: DictConfig, paths: DictConfig, seed: int, device: torch.device) -> ImageSplits:
@@ -121,14 +154,18 @@ def load_real_splits(dataset_cfg: DictConfig, paths: DictConfig, seed: int, devi
         raise DataNotFoundError(missing_data_message(name, paths))
 
     arrays = source.read(files)
+    subset = dataset_cfg.get("class_subset")
+    of_classes = "" if subset is None else f" in the classes {list(subset)}"
     splits = {}
     for split, size in (("train", dataset_cfg.train_size), ("test", dataset_cfg.test_size)):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         check_split(images, labels, [path for role, path in files.items() if role.startswith(split)], source)
-        if size is not None and size > len(images):  # silently using fewer would run under a misleading id
-            raise ConfigError(f"dataset.{split}_size", size,
-                              f"at most the {len(images)} images of {name}'s {split} split, or null for all")
-        keep = seeded_subset(len(images), size, seed, f"dataset.{split}").numpy()
-        splits[f"{split}_images"] = normalise(images[keep], dataset_cfg).to(device)
+        # The class filter first, so train_size/test_size count images of the kept classes.
+        in_classes, labels = keep_classes(labels, subset, source.classes)
+        if size is not None and size > len(in_classes):  # silently using fewer would run under a misleading id
+            raise ConfigError(f"dataset.{split}_size", size, f"at most the {len(in_classes)} images of {name}'s "
+                              f"{split} split{of_classes}, or null for all")
+        keep = seeded_subset(len(in_classes), size, seed, f"dataset.{split}").numpy()
+        splits[f"{split}_images"] = normalise(images[in_classes[keep]], dataset_cfg).to(device)
         splits[f"{split}_labels"] = torch.from_numpy(labels[keep].astype(np.int64)).to(device)
     return ImageSplits(**splits, info=info, source=str(next(iter(files.values())).parent))

@@ -4,7 +4,8 @@ Every probe has one interface, `fit_and_score(train, test) -> [Measurement]`, an
 config node `probe.<name>` through the `PROBES` registry, which is the list of probe names
 `probe.enabled` accepts (besides the output metrics of phases.training.output_metrics). A probe
 reads the activations of each probed layer on the images of its `dataset`: OWN_DATASET (the run's
-dataset) or TRANSFER_PARTNER (the paired dataset of a dataset-switch transfer).
+dataset), TRANSFER_PARTNER (the paired dataset of a dataset-switch transfer) or COMPLEMENT_CLASSES (the
+run's dataset on the classes outside dataset.class_subset, for a class-switch transfer).
 """
 
 from __future__ import annotations
@@ -13,11 +14,18 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig
 
-from phases.config.schema import ReconstructionSolver, TransferTask
+from phases.config.probe_schema import ReconstructionSolver, TransferTask
 from phases.config.validation import ConfigError
 from phases.training.data import DatasetInfo
-from phases.training.probes.base import OWN_DATASET, TRANSFER_PARTNER, Measurement, Probe, ProbeData
-from phases.training.probes.classification import LBFGSClassifier, SGDClassifier, build_classifier
+from phases.training.probes.base import (
+    COMPLEMENT_CLASSES,
+    OWN_DATASET,
+    TRANSFER_PARTNER,
+    Measurement,
+    Probe,
+    ProbeData,
+)
+from phases.training.probes.classification import LBFGSClassifier, SGDClassifier, build_classifier, sgd_recipe
 from phases.training.probes.reconstruction import (
     ClosedFormReconstruction,
     ConvolutionalReconstruction,
@@ -26,16 +34,26 @@ from phases.training.probes.reconstruction import (
 )
 from phases.training.probes.transfer import TransferProbe
 
-__all__ = ["PROBES", "OWN_DATASET", "TRANSFER_PARTNER", "Measurement", "Probe", "ProbeData", "build_probes",
-           "fit_ridge", "ClosedFormReconstruction", "GradientReconstruction", "ConvolutionalReconstruction",
-           "LBFGSClassifier", "SGDClassifier", "TransferProbe"]
+__all__ = ["PROBES", "OWN_DATASET", "TRANSFER_PARTNER", "COMPLEMENT_CLASSES", "Measurement", "Probe", "ProbeData",
+           "build_probes", "fit_ridge", "ClosedFormReconstruction", "GradientReconstruction",
+           "ConvolutionalReconstruction", "LBFGSClassifier", "SGDClassifier", "TransferProbe"]
 
 
 def _reconstruction(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Probe]:
     if cfg.solver == ReconstructionSolver.closed_form:
         return [ClosedFormReconstruction(ridge=cfg.ridge)]
-    return [GradientReconstruction(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                   batch_size=cfg.batch_size, seed=seed)]
+    return [_adam_recipe(cfg, seed)]
+
+
+def _adam_recipe(cfg: DictConfig, seed: int, name: str = "reconstruction") -> GradientReconstruction:
+    """The Adam recipe from a node holding its settings: probe.reconstruction (solver sgd) or
+    probe.reconstruction_recipe."""
+    return GradientReconstruction(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  batch_size=cfg.batch_size, seed=seed, name=name)
+
+
+def _reconstruction_recipe(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Probe]:
+    return [_adam_recipe(cfg, seed, name="reconstruction_recipe")]
 
 
 def _reconstruction_conv(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Probe]:
@@ -45,6 +63,10 @@ def _reconstruction_conv(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[
 
 def _linear(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Probe]:
     return [build_classifier(cfg, seed)]
+
+
+def _linear_recipe(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Probe]:
+    return [sgd_recipe(cfg, seed, name="linear_recipe")]
 
 
 def _transfer(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Probe]:
@@ -58,11 +80,14 @@ def _transfer(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Probe]:
             for task in tasks]
 
 
-# probe.<name> -> the probes it configures (transfer: one per task).
+# probe.<name> -> the probes it configures (transfer: one per task). A `_recipe` probe is its fast
+# probe's published recipe under its own name, so one run can fit both on the same activations.
 PROBES: dict[str, Callable[[DictConfig, int, DatasetInfo], list[Probe]]] = {
     "reconstruction": _reconstruction,
+    "reconstruction_recipe": _reconstruction_recipe,
     "reconstruction_conv": _reconstruction_conv,
     "linear": _linear,
+    "linear_recipe": _linear_recipe,
     "transfer": _transfer,
 }
 

@@ -9,8 +9,9 @@ from typing import Protocol
 
 import torch
 
-# Whose images a probe reads: the run's own dataset, or the paired dataset of a dataset-switch transfer.
-OWN_DATASET, TRANSFER_PARTNER = "own", "transfer_partner"
+# Whose images a probe reads: the run's own dataset, the paired dataset of a dataset-switch transfer, or
+# the run's dataset restricted to the classes outside dataset.class_subset (a class-switch transfer).
+OWN_DATASET, TRANSFER_PARTNER, COMPLEMENT_CLASSES = "own", "transfer_partner", "complement_classes"
 
 
 @dataclass
@@ -22,6 +23,7 @@ class ProbeData:
     # (images,) bool, True for the atypical samples of a generated data model (dataset=prototypes), so a
     # probe can measure the majority and the few apart; None for real datasets.
     atypical: torch.Tensor | None = None
+    point: str = ""  # the probe point's name (e.g. block3): a probe choosing settings per point keys them by it
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class Measurement:
 
 class Probe(Protocol):
     name: str  # the `probe` column of the metrics table
-    dataset: str  # whose images it reads: OWN_DATASET or TRANSFER_PARTNER
+    dataset: str  # whose images it reads: OWN_DATASET, TRANSFER_PARTNER or COMPLEMENT_CLASSES
 
     def fit_and_score(self, train: ProbeData, test: ProbeData) -> list[Measurement]: ...
 

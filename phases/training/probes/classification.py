@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from phases.config.schema import ClassifierSolver
+from phases.config.probe_schema import ClassifierSolver
 from phases.training.probes.base import OWN_DATASET, Measurement, ProbeData, minibatch_indices, seeded
 
 
@@ -61,13 +61,16 @@ class LBFGSClassifier:
 
 
 class SGDClassifier:
-    """The published recipe: nn.Linear on the raw activations, SGD with momentum, a step decay."""
+    """The published recipe: nn.Linear on the raw activations, SGD with momentum, a step decay. `name`:
+    `linear` when it is that probe's solver, `linear_recipe` when it is fitted beside L-BFGS."""
 
-    name, dataset = "linear", OWN_DATASET
+    dataset = OWN_DATASET
 
-    def __init__(self, epochs: int, lr: float, momentum: float, lr_drop_epoch: int, batch_size: int, seed: int):
+    def __init__(self, epochs: int, lr: float, momentum: float, lr_drop_epoch: int, batch_size: int, seed: int,
+                 name: str = "linear"):
         self.epochs, self.lr, self.momentum = epochs, lr, momentum
         self.lr_drop_epoch, self.batch_size, self.seed = lr_drop_epoch, batch_size, seed
+        self.name = name
 
     def fit(self, features: torch.Tensor, labels: torch.Tensor, classes: int):
         with seeded(self.seed):
@@ -105,5 +108,10 @@ def fit_and_score_classifier(classifier, train: ProbeData, test: ProbeData) -> l
 def build_classifier(cfg: DictConfig, seed: int) -> LBFGSClassifier | SGDClassifier:
     if cfg.solver == ClassifierSolver.lbfgs:
         return LBFGSClassifier(l2=cfg.l2, max_iterations=cfg.max_iterations)
+    return sgd_recipe(cfg, seed)
+
+
+def sgd_recipe(cfg: DictConfig, seed: int, name: str = "linear") -> SGDClassifier:
+    """The SGD recipe from a node holding its settings: probe.linear (solver sgd) or probe.linear_recipe."""
     return SGDClassifier(epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum, lr_drop_epoch=cfg.lr_drop_epoch,
-                         batch_size=cfg.batch_size, seed=seed)
+                         batch_size=cfg.batch_size, seed=seed, name=name)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from phases.config.validation import RIDGE_BY_GCV
 from phases.training.probes.base import OWN_DATASET, Measurement, ProbeData, minibatch_indices, seeded
 
 
@@ -81,6 +82,45 @@ def fit_ridge(features: torch.Tensor, targets: torch.Tensor, ridge: float) -> Ri
     return RidgeSolution(weight, target_mean - feature_mean @ weight, max(squared_error.item(), 0.0))
 
 
+# Relative penalties generalised cross-validation chooses among: 1e-8 to 1e2, eight per decade. Each costs
+# a few vector operations once the Gram's eigendecomposition is known.
+RIDGE_GRID = torch.logspace(-8, 2, 81, dtype=torch.float64)
+
+
+def gcv_ridge(features: torch.Tensor, targets: torch.Tensor, grid: torch.Tensor = RIDGE_GRID) -> float:
+    """The relative ridge (as fit_ridge takes it) of the grid with the least generalised cross-validation
+    error, RSS(lambda) / (n - 1 - df(lambda))^2: leave-one-out's error with every image's leverage
+    replaced by the mean leverage, so one eigendecomposition of the Gram serves every penalty.
+
+    With Xc = U diag(s) V^T and e = s^2 (the eigenvalues of the smaller Gram), the fit shrinks the
+    targets' component along u_i by e_i / (e_i + lambda): RSS = ||Yc||^2 - sum_i (1 - (lambda /
+    (e_i + lambda))^2) ||u_i^T Yc||^2 and df = sum_i e_i / (e_i + lambda); the intercept takes one more
+    degree of freedom.
+    """
+    # The products in float32 (as fit_ridge's), the eigendecomposition in float64: only a grid point is chosen.
+    centred, centred_targets = features - features.mean(0), targets - targets.mean(0)
+    images, dimension = centred.shape
+    if dimension <= images:
+        eigenvalues, vectors = torch.linalg.eigh(symmetric_gram(centred).double())
+        # u_i^T Yc = v_i^T Xc^T Yc / s_i
+        cross = (centred.T @ centred_targets).double()
+        projections = (vectors.T @ cross).square().sum(1) / eigenvalues.clamp_min(1e-300)
+    else:
+        eigenvalues, vectors = torch.linalg.eigh(symmetric_gram(centred.T).double())
+        projections = (vectors.T @ centred_targets.double()).square().sum(1)
+    centred_targets = centred_targets.double()
+    # Directions the Gram does not span (centring removes one; rounding leaves tiny negative ones) fit nothing.
+    spanned = eigenvalues > eigenvalues.max() * 1e-12
+    eigenvalues, projections = eigenvalues[spanned], projections[spanned]
+    penalties = grid.to(eigenvalues) * eigenvalues.sum() / dimension  # as fit_ridge scales `ridge`
+    shrinkage = eigenvalues[None, :] / (eigenvalues[None, :] + penalties[:, None])  # (grid, directions)
+    residual = centred_targets.square().sum() - ((1 - (1 - shrinkage).square()) * projections).sum(1)
+    freedom = images - 1 - shrinkage.sum(1)
+    scores = residual.clamp_min(0) / freedom.square()
+    scores[freedom <= 0] = torch.inf  # an interpolating fit: no error left to cross-validate
+    return grid[scores.argmin()].item()
+
+
 def fit_size(train: ProbeData) -> list[Measurement]:
     """The decoder's feature count and training images: with n images and d features a least-squares
     test error is inflated by about d / (n - d), so a reader must see both beside the RL they bend."""
@@ -95,20 +135,40 @@ def _mse_measurements(predict, train: ProbeData, test: ProbeData) -> list[Measur
 
 
 class ClosedFormReconstruction:
-    """The linear (affine) decoder at its exact ridge optimum: no epochs, no learning rate to tune."""
+    """The linear (affine) decoder at its exact ridge optimum: no epochs, no learning rate to tune.
+
+    `ridge` is a relative penalty, or "gcv": each probe point's penalty is chosen by gcv_ridge on its
+    first fit (the run's first evaluation) and kept for the rest of the run; `restore` gives a resumed
+    run the penalties its first attempt chose, from the `ridge` rows it recorded.
+    """
 
     name, dataset = "reconstruction", OWN_DATASET
 
-    def __init__(self, ridge: float):
+    def __init__(self, ridge: float | str):
         self.ridge = ridge
+        self.chosen: dict[str, float] = {}  # probe point -> the relative ridge gcv chose for it
+
+    def penalty(self, train: ProbeData, targets: torch.Tensor) -> float:
+        if self.ridge != RIDGE_BY_GCV:
+            return float(self.ridge)
+        if train.point not in self.chosen:
+            self.chosen[train.point] = gcv_ridge(train.features, targets)
+        return self.chosen[train.point]
+
+    def restore(self, rows: list[dict]) -> None:
+        """The penalties of the earliest step each point recorded: those a resumed run goes on with."""
+        for row in sorted(rows, key=lambda row: row["step"], reverse=True):
+            if row["probe"] == self.name and row["metric"] == "ridge" and self.ridge == RIDGE_BY_GCV:
+                self.chosen[row["layer"]] = row["value"]
 
     def fit_and_score(self, train: ProbeData, test: ProbeData) -> list[Measurement]:
         targets = train.images.flatten(1)
-        solution = fit_ridge(train.features, targets, self.ridge)
+        ridge = self.penalty(train, targets)
+        solution = fit_ridge(train.features, targets, ridge)
         with torch.no_grad():
             test_mse = F.mse_loss(test.features @ solution.weight + solution.bias, test.images.flatten(1)).item()
         return [Measurement("mse", "train", solution.train_squared_error / targets.numel()),
-                Measurement("mse", "test", test_mse), *fit_size(train)]
+                Measurement("mse", "test", test_mse), Measurement("ridge", "train", ridge), *fit_size(train)]
 
 
 def train_decoder(decoder: nn.Module, train: ProbeData, epochs: int, lr: float, weight_decay: float,
@@ -126,12 +186,15 @@ def train_decoder(decoder: nn.Module, train: ProbeData, epochs: int, lr: float, 
 
 class GradientReconstruction:
     """The published script's linear decoder: nn.Linear trained with Adam (lr 3e-4, weight decay 1e-5,
-    batch 128, 20 epochs) on the raw activations."""
+    batch 128, 20 epochs) on the raw activations. `name`: `reconstruction` when it is that probe's solver,
+    `reconstruction_recipe` when it is fitted beside the closed-form decoder."""
 
-    name, dataset = "reconstruction", OWN_DATASET
+    dataset = OWN_DATASET
 
-    def __init__(self, epochs: int, lr: float, weight_decay: float, batch_size: int, seed: int):
+    def __init__(self, epochs: int, lr: float, weight_decay: float, batch_size: int, seed: int,
+                 name: str = "reconstruction"):
         self.epochs, self.lr, self.weight_decay, self.batch_size, self.seed = epochs, lr, weight_decay, batch_size, seed
+        self.name = name
 
     def fit_and_score(self, train: ProbeData, test: ProbeData) -> list[Measurement]:
         with seeded(self.seed):

@@ -2,8 +2,10 @@
 
 Tasks: `colour_dominance` (RGB images: which channel has the largest sum over the normalised
 image; 3 classes, the paper's), `quadrant_dominance` (our addition for grayscale images: which
-image quadrant has the largest sum of the normalised image; 4 classes) and `dataset_switch` (the
-frozen network's activations on the paired dataset, with that dataset's labels). A seeded part of
+image quadrant has the largest sum of the normalised image; 4 classes), `dataset_switch` (the
+frozen network's activations on the paired dataset, with that dataset's labels) and `class_switch`
+(the same, inside one dataset: its images of the classes outside dataset.class_subset, the classes the
+network never saw, relabelled 0..m-1 in ascending order by the data module). A seeded part of
 the transfer training split is held out and reported as split "val", so the best pre-training step
 can be chosen without looking at the test split.
 """
@@ -14,8 +16,8 @@ from dataclasses import replace
 
 import torch
 
-from phases.config.schema import TransferTask
-from phases.training.probes.base import OWN_DATASET, TRANSFER_PARTNER, Measurement, ProbeData
+from phases.config.probe_schema import TransferTask
+from phases.training.probes.base import COMPLEMENT_CLASSES, OWN_DATASET, TRANSFER_PARTNER, Measurement, ProbeData
 from phases.training.probes.classification import class_count, classification_measurements
 
 
@@ -37,23 +39,26 @@ def quadrant_dominance_labels(images: torch.Tensor) -> torch.Tensor:
     return torch.stack(quadrants, dim=1).argmax(1)
 
 
-# The tasks whose labels are computed from the images; dataset_switch keeps the paired dataset's own labels.
+# The tasks whose labels are computed from the images; the switches keep the labels of the images they read.
 TASK_LABELS = {TransferTask.colour_dominance: colour_dominance_labels,
                TransferTask.quadrant_dominance: quadrant_dominance_labels}
+# The tasks that read other images than the run's own, by the dataset name the Evaluator knows them under.
+SWITCH_DATASETS = {TransferTask.dataset_switch: TRANSFER_PARTNER, TransferTask.class_switch: COMPLEMENT_CLASSES}
 
 
 class TransferProbe:
     def __init__(self, task: TransferTask | str, classifier, validation_fraction: float, seed: int):
         task = TransferTask(task)
-        if task not in (*TASK_LABELS, TransferTask.dataset_switch):  # `dominance` is resolved per dataset first
-            raise ValueError(f"transfer task {task!r}; expected colour_dominance, quadrant_dominance or dataset_switch")
+        if task not in (*TASK_LABELS, *SWITCH_DATASETS):  # `dominance` is resolved per dataset first
+            raise ValueError(f"transfer task {task!r}; expected colour_dominance, quadrant_dominance, dataset_switch "
+                             "or class_switch")
         self.task, self.classifier, self.validation_fraction, self.seed = task, classifier, validation_fraction, seed
         self.name = f"transfer_{task.value}"
-        self.dataset = TRANSFER_PARTNER if task == TransferTask.dataset_switch else OWN_DATASET
+        self.dataset = SWITCH_DATASETS.get(task, OWN_DATASET)
 
     def _labelled(self, data: ProbeData) -> ProbeData:
-        if self.task == TransferTask.dataset_switch:
-            return data  # the paired dataset's own labels
+        if self.task in SWITCH_DATASETS:
+            return data  # the paired dataset's own labels, or the other classes' relabelled ones
         return replace(data, labels=TASK_LABELS[self.task](data.images))
 
     def fit_and_score(self, train: ProbeData, test: ProbeData) -> list[Measurement]:
