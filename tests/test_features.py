@@ -81,10 +81,11 @@ class ShapeRecorder:
     name, dataset = "recorder", "own"
 
     def __init__(self):
-        self.seen = {}
+        self.seen, self.images = {}, {}
 
     def fit_and_score(self, train, test):
         self.seen[train.point] = (train.features.shape, len(train.images), len(train.labels), test.features.shape)
+        self.images[train.point] = train.images
         return []
 
 
@@ -105,3 +106,11 @@ def test_wide_points_are_probed_on_images_in_proportion_to_their_features():
     Evaluator(model, {"own": splits}, [recorder], probe_cfg, seed=0, training_batch_size=32)()
     # block1: 0.25 x 2048 = 512 images; block5: max(train_size 100, 0.25 x 128 = 32).
     assert recorder.seen == {"block1": ((512, 2048), 512, 512, (50, 2048)), "block5": ((100, 128), 100, 100, (50, 128))}
+    narrow_images = recorder.images["block5"]
+    assert torch.equal(recorder.images["block1"][:100], narrow_images)  # the narrow point's images come first
+    # A point asking for the whole split changes neither which images the others get nor their order.
+    whole = ShapeRecorder()
+    Evaluator(model, {"own": splits}, [whole], OmegaConf.merge(probe_cfg, {"min_images_per_feature": 1}), seed=0,
+              training_batch_size=32)()
+    # block5 now gets max(100, 1 x 128) = 128 images: the first 100 of them are the same.
+    assert whole.seen["block1"][1] == 1200 and torch.equal(whole.images["block5"][:100], narrow_images)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from phases.config.probe_schema import BatchNormMode
 from phases.config.validation import ConfigError
-from phases.training.data import ImageSplits, seeded_subset, subset_generator
+from phases.training.data import ImageSplits, subset_generator
 from phases.training.device import autocast
 from phases.training.features import collect_activations, frozen, pooled_shape
 from phases.training.models import ProbedNetwork
@@ -73,7 +73,9 @@ def evaluation_sets(splits: ImageSplits, probe_cfg: DictConfig, seed: int, point
     train_counts, test_counts = point_counts(splits, probe_cfg, point_features)
     probe_train, probe_test = max(train_counts.values(), default=0), max(test_counts.values(), default=0)
     train_count = min(train_total, max(probe_cfg.classifier_train_size, probe_train))
-    train_indices = seeded_subset(train_total, train_count, seed, "evaluation.train")
+    # Shuffled even when every image is taken, so that each point's first rows are a seeded subset of
+    # the split whatever another, wider point asks for (the same draw as seeded_subset's when it is smaller).
+    train_indices = torch.randperm(train_total, generator=subset_generator(seed, "evaluation.train"))[:train_count]
     # The whole test split, shuffled, so its first rows are a seeded probe subset.
     test_indices = torch.randperm(test_total, generator=subset_generator(seed, "evaluation.test"))
     if probe_images_only:
