@@ -6,7 +6,8 @@
 
 `dataset=a,b` is a comma list, as Hydra would sweep it: each dataset's config is composed with the
 other overrides, and everything a run of it reads is fetched: the dataset (for a prototypes dataset,
-its real `prototype_source`) and, when the dataset_switch transfer probe is enabled, its partner.
+its real `prototype_source`) and, when the dataset_switch transfer probe is enabled, its partner. A
+folder of the user's own images (dataset=image_folder) is never fetched: it is checked, or reported missing.
 Order: files already in paths.data_dir, Debian's system copy (below paths.system_data_dir), then the
 download of the official files into paths.data_dir (phases.training.data.fetching: checksums verified,
 whole or not at all, one process at a time). This command is the explicit way to fetch: it fetches even
@@ -25,12 +26,21 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from phases.config.compose import compose
 from phases.config.probe_schema import TransferTask
 from phases.config.validation import ConfigError, download_allowed
-from phases.training.data import DATASETS, DataNotFoundError, fetch_command, fetch_dataset, locate_files
+from phases.training.data import (
+    DATASETS,
+    USER_DATASETS,
+    DataFormatError,
+    DataNotFoundError,
+    dataset_info,
+    fetch_command,
+    fetch_dataset,
+    locate_files,
+)
 from phases.training.data.fetching import FetchError
 from phases.training.data.sources import debian_way
 
@@ -76,12 +86,27 @@ def collect_needs(configs: list[DictConfig]) -> list[Need]:
     return list(needs.values())
 
 
+def check_user_datasets(configs: list[DictConfig]) -> list[str]:
+    """The user's own datasets the jobs read (dataset=image_folder) are never fetched: each is listed and
+    checked here, once per distinct dataset config, so a missing or malformed folder stops a sweep before
+    dispatch (DataNotFoundError, DataFormatError or ConfigError naming the key and the folder)."""
+    lines: dict[str, str] = {}
+    for cfg in configs:
+        key = OmegaConf.to_yaml(cfg.dataset)
+        if cfg.dataset.name in USER_DATASETS and key not in lines:
+            info = dataset_info(cfg.dataset)
+            lines[key] = (f"{cfg.dataset.name}: {info.classes} classes, read from "
+                          f"{Path(cfg.dataset.root).expanduser().resolve()} (never fetched)")
+    return list(dict.fromkeys(lines.values()))
+
+
 def make_available(configs: list[DictConfig]) -> list[str]:
     """Make every real dataset the jobs of `configs` read available, each fetched at most once (and only
     when no job needing it says dataset.download=false). Returns what was done, a line per dataset, for
     the caller to print (this prints nothing; a download shows torchvision's progress bar on stderr).
-    Raises DataNotFoundError with one message for all the datasets still missing."""
-    lines, missing = [], []
+    Raises DataNotFoundError with one message for all the datasets still missing; before fetching anything,
+    the user's image folders are checked (check_user_datasets), each error naming its key and folder."""
+    lines, missing = check_user_datasets(configs), []
     for need in collect_needs(configs):
         files = locate_files(need.name, need.paths)
         if files is not None:
@@ -151,11 +176,11 @@ def main(overrides: list[str]) -> int:
         return 2
     for cfg in configs:
         cfg.dataset.download = True  # asked for explicitly: fetch even where a config says false
-        if not needed_datasets(cfg):
+        if not needed_datasets(cfg) and cfg.dataset.name not in USER_DATASETS:
             print(f"{cfg.dataset.name}: generated in memory, nothing to fetch")
     try:
         lines = make_available(configs)
-    except (ConfigError, DataNotFoundError) as error:
+    except (ConfigError, DataNotFoundError, DataFormatError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for line in lines:

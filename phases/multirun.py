@@ -27,7 +27,7 @@ from phases.store.identity import run_id
 from phases.store.progress import job_status
 from phases.store.record import run_folder
 from phases.sweep import SweepFileError, composed_jobs, print_jobs
-from phases.training.data import DataNotFoundError
+from phases.training.data import DataFormatError, DataNotFoundError
 
 
 class SweepCallback(Callback):
@@ -45,7 +45,8 @@ class SweepCallback(Callback):
         try:
             for line in make_available(configs):
                 print(line, flush=True)
-        except (DataNotFoundError, ConfigError) as error:  # missing data; a bad data_checksums file
+        # Missing data; a malformed image folder; a bad data_checksums file.
+        except (DataNotFoundError, DataFormatError, ConfigError) as error:
             stop(2, f"{error}\nno job was started")
         self.before = {folder: job_status(folder)[0] for _, folder in self.jobs}
 

@@ -51,6 +51,8 @@ ENVIRONMENT_NAME = re.compile(r"(OMP|MKL|OPENBLAS|BLIS|NUMEXPR|VECLIB|KMP)_[A-Z0
 # commands: only from the user's own command line (after `--`), never from a file.
 HYDRA_ALLOWED = ("hydra/launcher", "hydra.launcher.")
 SHELL_SETTINGS = ("hydra.launcher.setup",)
+# Settings that name code to import: arch=custom's class. Like `setup`, only from the user's own command line.
+CODE_SETTINGS = ("arch.target",)
 
 
 class SweepFileError(Exception):
@@ -123,6 +125,9 @@ def refuse_code(override: str, source: str, from_file: bool) -> None:
             why = "of Hydra's own settings only the launcher's may be set (hydra/launcher=..., hydra.launcher.*)"
         elif from_file and key in SHELL_SETTINGS:
             why = "it runs shell commands; give it after `--` on your own command line if you mean it"
+        elif from_file and key in CODE_SETTINGS:
+            why = ("it names code to import (arch=custom's class); give it after `--` on your own command line if "
+                   "you mean it")
     if why:
         raise SweepFileError(f"{source}: `{override}` is refused: {why}")
 

@@ -13,6 +13,7 @@ from phases.training.evaluation import check_enabled
 from phases.training.models import build_model
 from phases.training.probes import build_probes
 from tests.conftest import REPOSITORY
+from tests.test_image_folder import two_folders
 
 GROUPS = ("dataset", "arch", "optimizer", "probe", "schedule")
 
@@ -39,8 +40,15 @@ def test_defaults_are_the_papers_protocol():
     "group, option",
     [(group, path.stem) for group in GROUPS for path in sorted((CONFIG_DIR / group).glob("*.yaml"))],
 )
-def test_every_config_option_composes_and_validates(group, option):
-    cfg = composed(f"{group}={option}")
+def test_every_config_option_composes_and_validates(group, option, tmp_path):
+    # dataset.root has no default: image_folder gets a small folder in its layout.
+    root = [f"dataset.root={two_folders(tmp_path)}"] if option == "image_folder" else []
+    # arch=torchvision, timm and custom need their network named (more in tests/test_external_models.py).
+    network = {"torchvision": ["arch.model=resnet18"], "timm": ["arch.model=resnet18"],
+               "custom": ["arch.target=tests.custom_models.TinyNet"]}.get(option, []) if group == "arch" else []
+    if (group, option) == ("arch", "timm"):
+        pytest.importorskip("timm")  # an optional library (pip install timm)
+    cfg = composed(f"{group}={option}", *root, *network)
     validate(cfg, probe_points(cfg))
 
 
@@ -78,8 +86,8 @@ def test_unknown_arch_option_lists_the_known_ones_and_no_schema():
     with pytest.raises(ConfigCompositionException, match="vgg8") as raised:
         composed("arch=nope")
     options = str(raised.value).split("Available options in 'arch':")[1].split("Config search path")[0].split()
-    assert options == ["linear", "mlp", "resnet10", "resnet18", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16",
-                       "vgg16_bn", "vgg8"]
+    assert options == ["custom", "linear", "mlp", "resnet10", "resnet18", "timm", "torchvision", "vgg11", "vgg11_bn",
+                       "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg8"]
 
 
 @pytest.mark.parametrize("override", ["arch=arch_schema", "dataset=dataset_schema", "probe=probe_schema",
@@ -94,7 +102,8 @@ def test_help_lists_only_real_options():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     groups = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
-    assert "arch: linear, mlp, resnet10, resnet18, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg8" in groups
+    assert ("arch: custom, linear, mlp, resnet10, resnet18, timm, torchvision, vgg11, vgg11_bn, vgg13, vgg13_bn, "
+            "vgg16, vgg16_bn, vgg8") in groups
     assert "schema" not in groups
 
 
@@ -169,7 +178,7 @@ def test_enabled_names_come_from_the_probe_and_output_metric_registries():
         check_enabled(["reconstruction", "decoder"])
     assert raised.value.key == "probe.enabled"
     assert ("reconstruction, reconstruction_recipe, reconstruction_conv, linear, linear_recipe, transfer, "
-            "sample_loss") in str(raised.value)
+            "effective_rank, cka, class_collapse, sample_loss") in str(raised.value)
 
 
 @pytest.mark.parametrize("launcher, timeout_min", [("local", 4320), ("slurm", 1440)])

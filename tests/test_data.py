@@ -12,6 +12,7 @@ from phases.config.validation import ConfigError
 from phases.training.data import (
     DATASETS,
     GENERATED_DATASETS,
+    USER_DATASETS,
     DataFormatError,
     DataNotFoundError,
     dataset_info,
@@ -156,12 +157,13 @@ def dataset_config(name: str, **changes):
 
 
 def test_every_registered_dataset_has_a_config():
-    registered = [*DATASETS, *GENERATED_DATASETS]
+    registered = [*DATASETS, *GENERATED_DATASETS, *USER_DATASETS]
     assert sorted(registered) == sorted(path.stem for path in (CONFIG_DIR / "dataset").glob("*.yaml"))
 
 
 def test_unknown_dataset_lists_the_read_and_the_generated_ones():
-    with pytest.raises(ConfigError, match="known datasets: cifar10, cifar100, fashion_mnist, mnist, prototypes"):
+    known = "cifar10, cifar100, fashion_mnist, image_folder, mnist, prototypes"
+    with pytest.raises(ConfigError, match=f"known datasets: {known}"):
         dataset_info(OmegaConf.create({"name": "imagenet", "mean": [0.5]}))
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from tests.conftest import REPOSITORY
 
 PACKAGE = REPOSITORY / "phases"
-FRONT_DOORS = {"phases.run", "phases.sweep", "phases.figures", "phases.fetch", "phases.status", "phases.multirun"}
+FRONT_DOORS = {"phases.run", "phases.sweep", "phases.figures", "phases.fetch", "phases.status", "phases.multirun",
+               "phases.points"}
 # Subpackage -> the subpackages its modules may import (besides itself).
 ALLOWED = {
     "config": set(),

@@ -19,19 +19,21 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from phases.analysis import agreement, convergence, phase_detection, plots, selectors, tables
+from phases.analysis import agreement, convergence, phase_detection, plots, representation, selectors, tables
 from phases.analysis.runs import Runs, load_runs, summary, write_tables
 from phases.store.files import write_atomically, write_json, write_text
 from phases.store.record import RunStatus, now
 
 # Every figure a sweep may get: the paper's (plots.py), for a sweep varying probe.train_size whether
 # the probes' estimates are converged (convergence.py), and for runs fitting a fast probe beside its
-# published recipe how their curves agree (agreement.py).
+# published recipe how their curves agree (agreement.py), and for runs recording representation measures
+# how they move with the RL (representation.py).
 FIGURES = {**plots.FIGURES, "probe_convergence": convergence.probe_convergence,
-           "probe_agreement": agreement.probe_agreement}
+           "probe_agreement": agreement.probe_agreement,
+           "representation_measures": representation.representation_measures}
 
 # The modules a figure is drawn by: a change to any of them redraws every figure.
-FIGURE_CODE = (plots, selectors, phase_detection, convergence, agreement)
+FIGURE_CODE = (plots, selectors, phase_detection, convergence, agreement, representation)
 
 
 def slug(name: str) -> str:
@@ -89,7 +91,8 @@ def sweep_tables(metrics: pd.DataFrame, keys: list[str], stem: str, folder: Path
     built = {}
     for title, make in (("phase table", tables.phase_table), ("transfer table", tables.transfer_table),
                         ("probe convergence", convergence.convergence_table),
-                        ("probe agreement", agreement.agreement_table)):
+                        ("probe agreement", agreement.agreement_table),
+                        ("representation measures", representation.representation_table)):
         try:
             built[title] = make(metrics, keys)
         except Exception as error:  # as for figures: one table lost, not the whole page

@@ -119,6 +119,8 @@ HEADINGS = {
     "worse_at_end_fast": ("end worse than best, fast probe (%)", 1),
     "worse_at_end_recipe": ("end worse than best, recipe (%)", 1),
     "rank_correlation": ("rank correlation of the two curves", 2),
+    "rank_correlation_phase_two": ("rank correlation with RL in phase (ii)", 2),
+    "rank_correlation_phase_three": ("rank correlation with RL in phase (iii)", 2),
 }
 
 

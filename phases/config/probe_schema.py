@@ -94,6 +94,26 @@ class SampleLossConfig:
 
 
 @dataclass
+class EffectiveRankConfig:
+    """No settings: the participation ratio and entropy rank of the activations' covariance eigenvalues on
+    the train and test probe images, exact (phases/training/probes/representation.py)."""
+
+
+@dataclass
+class CKAConfig:
+    # Linear CKA reads a seeded subset of at most this many of each point's probe training images (the
+    # same at every step) and keeps their activations until the next evaluation for cka_previous: memory
+    # of max_images x features x 4 bytes per point (2000 x 16384 features: 131 MB); cost ~ max_images^2.
+    max_images: int = 2000
+
+
+@dataclass
+class ClassCollapseConfig:
+    """No settings: trace(Sigma_W) / trace(Sigma_B) on the train probe images and the nearest-class-mean
+    accuracy on the train and test ones, exact (phases/training/probes/representation.py)."""
+
+
+@dataclass
 class ProbeConfig:
     # Probe points to measure; null = every point the arch declares; `penultimate` names the input of
     # the final Linear in any arch (block5 in the VGGs, pooled in the ResNets). Probing every point is
@@ -119,7 +139,8 @@ class ProbeConfig:
     bn_mode: BatchNormMode = BatchNormMode.precise_eval
     # What runs at each evaluation, each configured in the node of its name below: layer probes
     # (phases.training.probes: reconstruction, reconstruction_recipe, reconstruction_conv, linear, linear_recipe,
-    # transfer; a `_recipe` probe is the published recipe, fitted beside its fast probe on the same activations)
+    # transfer; a `_recipe` probe is the published recipe, fitted beside its fast probe on the same activations;
+    # effective_rank, cka, class_collapse: measures of the activations that fit nothing, to read beside the RL)
     # and measurements of the classifier's output (phases.training.output_metrics: sample_loss).
     enabled: list[str] = field(default_factory=lambda: ["reconstruction", "linear", "sample_loss"])
     reconstruction: ReconstructionProbeConfig = field(default_factory=ReconstructionProbeConfig)
@@ -129,3 +150,6 @@ class ProbeConfig:
     linear_recipe: SGDRecipeConfig = field(default_factory=SGDRecipeConfig)
     transfer: TransferProbeConfig = field(default_factory=TransferProbeConfig)
     sample_loss: SampleLossConfig = field(default_factory=SampleLossConfig)
+    effective_rank: EffectiveRankConfig = field(default_factory=EffectiveRankConfig)
+    cka: CKAConfig = field(default_factory=CKAConfig)
+    class_collapse: ClassCollapseConfig = field(default_factory=ClassCollapseConfig)

@@ -49,8 +49,10 @@ class DatasetConfig:
     # How, on pixels in [0, 1] before normalising. It sets how much fine detail a decoder has to rebuild,
     # and so the level of the whole reconstruction-loss curve.
     resize: ResizeMethod = ResizeMethod.spline
-    mean: list[float] = MISSING  # per-channel mean of pixels scaled to [0, 1], used to normalise
-    std: list[float] = MISSING  # per-channel standard deviation, same units
+    # Optional only so that image_folder can default them to null (computed from its images): Hydra builds
+    # a dataset node on this class's field types before an option's schema fills it in.
+    mean: list[float] | None = MISSING  # per-channel mean of pixels scaled to [0, 1], used to normalise
+    std: list[float] | None = MISSING  # per-channel standard deviation, same units
     train_size: int | None = None  # train on a seeded subset of this many images; null = all
     test_size: int | None = None  # evaluate on a seeded subset of this many images; null = all
     # Train and evaluate on these classes only, relabelled 0..k-1 in this order, before train_size/test_size
@@ -88,6 +90,31 @@ class PrototypesDatasetConfig(DatasetConfig):
 
 
 @dataclass
+class ImageFolderDatasetConfig(DatasetConfig):
+    """The user's own images in torchvision's ImageFolder layout (phases/training/data/image_folder.py):
+    read from `root`, never downloaded. Class folders in sorted name order are the labels 0..k-1."""
+
+    name: str = "image_folder"
+    # The folder: train/<class>/* and test/<class>/*, or <class>/* split by test_fraction. Hashed into the
+    # run id as a fingerprint of its image files (names, sizes, times), not as the path.
+    root: str = MISSING
+    # The share of every class's images held out for testing when root has no train/ and test/ folders
+    # (required then, null otherwise): round(test_fraction x n) of a class's n images, at least one in
+    # each split, picked by a hash of their file names, not by the seed, so every seed shares one split.
+    test_fraction: float | None = None
+    # 1 or 3; null = 1 when every image is grayscale (PIL modes 1, L, LA), else 3. Images of the other
+    # count are converted (colour to luma, grayscale repeated; alpha and palettes dropped to RGB).
+    channels: int | None = None
+    # null = the per-channel mean and std of the whole training split after resizing (every class, every
+    # image), computed once and cached in <root>/.phases_normalisation.json; or give both, one per channel.
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    # Refuse, before decoding a pixel, a folder whose float32 tensors (images x channels x image_size^2 x 4
+    # bytes, both splits, after class_subset, train_size, test_size) would take more than this, in GB.
+    max_memory_gb: float = 4.0
+
+
+@dataclass
 class ArchConfig:
     name: str = MISSING  # an architecture of phases.training.models, e.g. "vgg8"
     width: float = 1.0  # channel multiplier: 0.25 keeps a quarter of every layer's channels
@@ -105,6 +132,42 @@ class LinearArchConfig(ArchConfig):
     # Multiplier on PyTorch's default initial weights (uniform, +-1/sqrt(pixels)); 0 = zero init. The
     # theory's phases depend on how small the start is compared with what training adds.
     init_scale: float = 1.0
+
+
+@dataclass
+class ExternalArchConfig(ArchConfig):
+    """A network built by a library or by the user's own class (phases/training/external_models.py). Its
+    `name`, which run ids and the metrics' `arch` column show, is derived (torchvision_resnet18), so it
+    never reads as a built-in arch's. Its width must stay 1: set a model's sizes through `kwargs`."""
+
+    # Keyword arguments of the builder or class, e.g. {aux_logits: false}; the dataset sets classes and channels.
+    # Any and null, not a typed {}: Hydra merges `arch.kwargs={...}` into a typed dict, which then refuses new keys.
+    kwargs: Any = None
+    # The points to probe besides `penultimate` and `logits`: {point name: module path} or a list of module
+    # paths (each point named by its path); a path ending in `:input` taps that module's input. null = the
+    # model's default points (`python -m phases.points arch=...` lists them with their shapes).
+    probe_points: Any = None
+
+
+@dataclass
+class TorchvisionArchConfig(ExternalArchConfig):
+    name: str = "torchvision_${.model}"
+    model: str | None = None  # a classification builder of torchvision.models, e.g. resnet18 (required)
+    # Pretrained weights: DEFAULT or a weights name of the model, e.g. IMAGENET1K_V1; null = random init.
+    # Missing from torch's hub cache, they are fetched unless dataset.download=false (the run's offline rule).
+    weights: str | None = None
+
+
+@dataclass
+class TimmArchConfig(ExternalArchConfig):
+    name: str = "timm_${.model}"
+    model: str | None = None  # a timm model, e.g. resnet18 (required; pip install timm), random init
+
+
+@dataclass
+class CustomArchConfig(ExternalArchConfig):
+    name: str = "custom_${.target}"
+    target: str | None = None  # the user's nn.Module class as module.Class, e.g. my_package.MyNet (required)
 
 
 @dataclass
@@ -184,9 +247,13 @@ SCHEMAS: dict[str, type] = {
     "run_schema": RunConfig,
     "dataset_schema": DatasetConfig,
     "prototypes_dataset_schema": PrototypesDatasetConfig,
+    "image_folder_dataset_schema": ImageFolderDatasetConfig,
     "arch_schema": ArchConfig,
     "mlp_arch_schema": MLPArchConfig,
     "linear_arch_schema": LinearArchConfig,
+    "torchvision_arch_schema": TorchvisionArchConfig,
+    "timm_arch_schema": TimmArchConfig,
+    "custom_arch_schema": CustomArchConfig,
     "sgd_optimizer_schema": SGDConfig,
     "adam_optimizer_schema": AdamConfig,
     "probe_schema": ProbeConfig,

@@ -31,6 +31,10 @@ def require(condition: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(key, value, allowed)
 
 
+# What to give for the settings a schema leaves without a default (`???`), by dotted key.
+REQUIRED_SETTINGS = {"dataset.root": "the folder of your images, e.g. dataset.root=/data/flowers, holding "
+                                     "train/<class>/* and test/<class>/*, or <class>/* with dataset.test_fraction=0.2"}
+
 # probe.reconstruction.ridge's word for a penalty chosen by generalised cross-validation.
 RIDGE_BY_GCV = "gcv"
 
@@ -52,9 +56,10 @@ def _optional_size(key: str, value: int | None) -> None:
 
 def _dataset(node: DictConfig, key: str) -> None:
     require(node.image_size >= 8, f"{key}.image_size", node.image_size, "an integer >= 8 (pixels)")
-    require(len(node.mean) == len(node.std), f"{key}.std", list(node.std),
-            f"one value per channel, like {key}.mean={list(node.mean)}")
-    for index, std in enumerate(node.std):
+    if node.mean is not None and node.std is not None:  # null (image_folder): computed from the images
+        require(len(node.mean) == len(node.std), f"{key}.std", list(node.std),
+                f"one value per channel, like {key}.mean={list(node.mean)}")
+    for index, std in enumerate(node.std or []):
         require(std > 0, f"{key}.std[{index}]", std, "a positive standard deviation")
     _optional_size(f"{key}.train_size", node.train_size)
     _optional_size(f"{key}.test_size", node.test_size)
@@ -95,6 +100,19 @@ def _prototypes(node: DictConfig, key: str) -> None:
     # Checked whatever the kind: the value is hashed into the run id even where it is not used.
     require(node.secondary_prototypes >= 1, f"{key}.secondary_prototypes", node.secondary_prototypes,
             "an integer >= 1 (secondary prototypes per class, for atypical_kind=secondary_prototype)")
+
+
+def _image_folder(node: DictConfig, key: str) -> None:
+    """The settings' ranges; the folder itself is checked by phases/training/data/image_folder.py."""
+    require(str(node.root).strip() != "", f"{key}.root", node.root, REQUIRED_SETTINGS["dataset.root"])
+    given, absent = ("mean", "std") if node.std is None else ("std", "mean")
+    require((node.mean is None) == (node.std is None), f"{key}.{absent}", None, f"a list like {key}.{given}, one "
+            "value per channel: give both, or neither (both computed from the training images)")
+    require(node.test_fraction is None or 0 < node.test_fraction < 1, f"{key}.test_fraction", node.test_fraction,
+            "a fraction in (0, 1) of every class's images to test on (e.g. 0.2), or null with train/ and test/")
+    require(node.channels in (None, 1, 3), f"{key}.channels", node.channels,
+            "1 (grayscale), 3 (RGB) or null (1 when every image is grayscale, else 3)")
+    require(node.max_memory_gb > 0, f"{key}.max_memory_gb", node.max_memory_gb, "a positive size in GB")
 
 
 def _arch(node: DictConfig, key: str) -> None:
@@ -171,6 +189,12 @@ def _sample_loss(node: DictConfig, key: str) -> None:
         require(0 < fraction <= 1, f"{key}.worst_fractions", fraction, "fractions in (0, 1]")
 
 
+def _cka(node: DictConfig, key: str) -> None:
+    # Centring leaves one image nothing and a few images a CKA near 1 whatever the layers: ask for some.
+    require(node.max_images >= 10, f"{key}.max_images", node.max_images,
+            "an integer >= 10 (images linear CKA is computed on, e.g. 2000)")
+
+
 def _probe(node: DictConfig, key: str) -> None:
     _optional_size(f"{key}.spatial_pool", node.spatial_pool)
     require(node.max_activation_gb > 0, f"{key}.max_activation_gb", node.max_activation_gb, "a positive size in GB")
@@ -195,6 +219,7 @@ def _run(node: DictConfig, key: str) -> None:
 CHECKS: dict[type, Callable[[DictConfig, str], None]] = {
     schema.DatasetConfig: _dataset,
     schema.PrototypesDatasetConfig: _prototypes,
+    schema.ImageFolderDatasetConfig: _image_folder,
     schema.ArchConfig: _arch,
     schema.MLPArchConfig: _mlp,
     schema.LinearArchConfig: _linear_arch,
@@ -207,6 +232,7 @@ CHECKS: dict[type, Callable[[DictConfig, str], None]] = {
     probe_schema.LinearProbeConfig: _classifier,
     probe_schema.TransferProbeConfig: _transfer,
     probe_schema.SampleLossConfig: _sample_loss,
+    probe_schema.CKAConfig: _cka,
     probe_schema.ProbeConfig: _probe,
     schema.RunConfig: _run,
 }
@@ -226,6 +252,8 @@ def check_known_keys(node: DictConfig, key: str = "") -> None:
             raise ConfigError(dotted, OmegaConf.to_container(node)[child] if isinstance(node[child], DictConfig)
                               else node[child], f"not a setting of {node_type.__name__}; {hint}"
                               f"the settings here are {', '.join(fields)}")
+        if OmegaConf.is_missing(node, child):  # `???`: a setting only the user can give (reading it would raise)
+            raise ConfigError(dotted, "???", f"required: {REQUIRED_SETTINGS.get(dotted, 'it has no default')}")
         if isinstance(node[child], DictConfig):
             check_known_keys(node[child], dotted)
 

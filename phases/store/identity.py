@@ -20,11 +20,16 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from phases.config.probe_schema import BatchNormMode, ReconstructionSolver
+from phases.store.folder_fingerprint import folder_fingerprint
 
 # Where or how fast a run happens, never its results; also what the analysis never treats as a setting.
 # dataset.download says whether missing files may be fetched, not which: the files are checksum-verified.
 NON_RESULT_KEYS = ("paths", "device", "force", "progress", "logger", "dataset.download", "probe.batch_size",
-                   "probe.max_activation_gb", "schedule.checkpoint_minutes")
+                   "probe.max_activation_gb", "schedule.checkpoint_minutes", "dataset.max_memory_gb")
+# Settings that name a folder: hashed as a fingerprint of the images it holds (file names, sizes and
+# times; phases.store.folder_fingerprint), not as the path, so two folders never share a run id while
+# the same folder moved keeps it.
+FOLDER_KEYS = {"dataset.root": folder_fingerprint}
 
 
 # Keys whose default changed what runs compute, with what runs did before the key existed: such a key
@@ -81,6 +86,9 @@ def result_settings(cfg: DictConfig) -> dict[str, Any]:
         settings.pop("probe.reconstruction.ridge", None)
     if cfg.probe.bn_mode != BatchNormMode.precise_eval:
         settings.pop("probe.calibration_size", None)
+    for key, fingerprint in FOLDER_KEYS.items():
+        if key in settings:
+            settings[key] = fingerprint(settings[key])
     return settings
 
 

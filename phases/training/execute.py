@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from phases.config.options import dataset_option
-from phases.config.validation import ConfigError, check_probe_layers, require, validate
+from phases.config.validation import ConfigError, check_probe_layers, download_allowed, require, validate
 from phases.store.files import remove_temporary_files, writable_folder_problem, write_text
 from phases.store.identity import optimizer_name, run_id
 from phases.store.metrics import write_metrics
@@ -109,7 +109,8 @@ def checked_execute(cfg: DictConfig, job_number: int) -> RunRecord | str:
     check_logger(cfg)
     info = dataset_info(cfg.dataset)
     seed_everything(cfg.seed)
-    model = build_model(cfg.arch, info)
+    # Pretrained weights (arch=torchvision arch.weights=...) obey the run's offline rule, as its data does.
+    model = build_model(cfg.arch, info, download=download_allowed(cfg.dataset.download))
     check_probe_layers(cfg, model.selectable_points())
     check_batch_statistics(model, cfg)
     check_enabled(list(cfg.probe.enabled))

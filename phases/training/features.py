@@ -89,9 +89,7 @@ def collect_activations(
     start = 0
     handles = []
     for point in points:
-        module = model.get_submodule(model.probe_points[point])
-
-        def keep(_module, _inputs, output, point=point):
+        def keep(output, point=point):
             if spatial_pool is not None and output.ndim == 4 and output.shape[-1] > spatial_pool:
                 output = F.adaptive_avg_pool2d(output, spatial_pool)
             kept = len(images) if counts is None else counts[point]
@@ -100,7 +98,7 @@ def collect_activations(
                 outputs[point] = torch.empty(kept, output.shape[1], device=output.device)
             outputs[point][start : start + len(output)] = output
 
-        handles.append(module.register_forward_hook(keep))
+        handles.append(model.hook_point(point, keep))  # the output of the point's module, or its input
     try:
         for start, end in batch_bounds(len(images), batch_size):
             model(images[start:end])

@@ -17,67 +17,21 @@ from torchvision.ops import Conv2dNormActivation
 
 from phases.config.validation import ConfigError
 from phases.training.data import DatasetInfo
+from phases.training.external_models import build_external, is_external
+from phases.training.probe_points import ProbePoints
 
 
-class ProbedNetwork(nn.Sequential):
+class ProbedNetwork(ProbePoints, nn.Sequential):
     """A sequential classifier whose `probe_points` map a point's name to the submodule producing it.
 
     Every network declares `logits` (the classifier's output), which the evaluation reads, and, when
-    it has one, its `penultimate` point: the features the final Linear reads.
+    it has one, its `penultimate` point: the features the final Linear reads. The points' logic (shapes,
+    depths, `probe.layers`) is phases.training.probe_points's, shared with the library and user models.
     """
 
     def __init__(self, layers: OrderedDict[str, nn.Module], probe_points: dict[str, str], penultimate: str | None):
         super().__init__(layers)
-        for module_name in probe_points.values():
-            self.get_submodule(module_name)  # fails at construction, not at the first evaluation
-        if "logits" not in probe_points or (penultimate is not None and penultimate not in probe_points):
-            raise ValueError(f"probe points {list(probe_points)} must include 'logits' and {penultimate!r}")
-        self.probe_points = dict(probe_points)
-        self.penultimate = penultimate
-
-    def selectable_points(self) -> list[str]:
-        """What `probe.layers` accepts: the probe points, and `penultimate` as an alias."""
-        return [*self.probe_points, "penultimate"]
-
-    def resolve_points(self, layers: list[str] | None) -> list[str]:
-        """`probe.layers` as probe point names: null = all, `penultimate` = this arch's penultimate point
-        (skipped in an arch without hidden layers, whose last layer reads the image itself)."""
-        if layers is None:
-            return list(self.probe_points)
-        resolved = (self.penultimate if layer == "penultimate" else layer for layer in layers)
-        return list(dict.fromkeys(layer for layer in resolved if layer is not None))
-
-    @torch.no_grad()
-    def probe_shapes(self, image_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-        """Each point's activation shape for one image of `image_shape`, from a forward pass in eval mode."""
-        shapes: dict[str, tuple[int, ...]] = {}
-        handles = [self.get_submodule(module_name).register_forward_hook(
-            lambda _module, _inputs, output, point=point: shapes.__setitem__(point, tuple(output.shape[1:])))
-            for point, module_name in self.probe_points.items()]
-        was_training = self.training
-        self.eval()
-        try:
-            parameter = next(self.parameters())
-            self(torch.zeros(1, *image_shape, device=parameter.device, dtype=parameter.dtype))
-        finally:
-            self.train(was_training)
-            for handle in handles:
-                handle.remove()
-        return shapes
-
-    def probe_depths(self) -> dict[str, float]:
-        """Each point's depth as the fraction of the network's conv and linear layers computed before
-        it (logits = 1.0), so figures can line up points of architectures with different names."""
-        order = [name for name, _ in self.named_modules()]
-        weighted = [index for index, (_, module) in enumerate(self.named_modules())
-                    if isinstance(module, nn.Conv2d | nn.Linear)]
-        depths = {}
-        for point, module_name in self.probe_points.items():
-            # The last module of the point's subtree, in forward (registration) order.
-            last = max(index for index, name in enumerate(order)
-                       if name == module_name or name.startswith(module_name + "."))
-            depths[point] = sum(index <= last for index in weighted) / len(weighted)
-        return depths
+        self.declare_points(probe_points, penultimate)
 
 
 ModelBuilder = Callable[[DictConfig, DatasetInfo], ProbedNetwork]
@@ -250,7 +204,14 @@ def linear(arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:
     return ProbedNetwork(layers, probe_points, penultimate=None)  # its input is the image itself
 
 
-def build_model(arch: DictConfig, info: DatasetInfo) -> ProbedNetwork:
+def build_model(arch: DictConfig, info: DatasetInfo, download: bool = False) -> ProbePoints:
+    """A built-in arch by name, or a torchvision, timm or custom network (phases.training.external_models):
+    an nn.Module with probe points. `download`: whether pretrained weights missing from torch's hub cache
+    may be fetched (dataset.download, the run's offline rule)."""
+    if is_external(arch):
+        return build_external(arch, info, download)
     if arch.name not in MODELS:
-        raise ConfigError("arch.name", arch.name, f"known architectures: {', '.join(sorted(MODELS))}")
+        raise ConfigError("arch.name", arch.name, f"known architectures: {', '.join(sorted(MODELS))} (or any "
+                          "torchvision, timm or own model: arch=torchvision arch.model=..., arch=timm arch.model=..., "
+                          "arch=custom arch.target=...)")
     return MODELS[arch.name](arch, info)

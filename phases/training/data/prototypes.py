@@ -124,8 +124,8 @@ def prototypes_info(dataset_cfg: DictConfig) -> DatasetInfo:
         if classes > source.classes:
             raise ConfigError("dataset.classes", classes, f"at most the {source.classes} classes of {source_name}")
     for key, identity in (("mean", 0.0), ("std", 1.0)):
-        if list(dataset_cfg[key]) != [identity] * channels:
-            raise ConfigError(f"dataset.{key}", list(dataset_cfg[key]),
+        if dataset_cfg[key] is None or list(dataset_cfg[key]) != [identity] * channels:
+            raise ConfigError(f"dataset.{key}", dataset_cfg[key] and list(dataset_cfg[key]),
                               f"{[identity] * channels}: prototypes are drawn in normalised units (one per channel)")
     return DatasetInfo(channels=channels, classes=classes, image_size=dataset_cfg.image_size)
 

@@ -72,6 +72,11 @@ def spline_zoom_matrix(source: int, target: int) -> torch.Tensor:
 
 def normalise(images: np.ndarray, dataset_cfg: DictConfig) -> torch.Tensor:
     """uint8 (N, H, W) or (N, H, W, C) -> float32 (N, C, size, size): scaled to [0, 1], resized, normalised."""
+    return standardise(resize_images(images, dataset_cfg), dataset_cfg.mean, dataset_cfg.std)
+
+
+def resize_images(images: np.ndarray, dataset_cfg: DictConfig) -> torch.Tensor:
+    """uint8 (N, H, W) or (N, H, W, C) -> float32 (N, C, size, size) in [0, 1], resized by dataset.resize."""
     tensor = torch.from_numpy(images.astype(np.float32) / 255.0)
     tensor = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2).contiguous()
     size = dataset_cfg.image_size
@@ -81,9 +86,13 @@ def normalise(images: np.ndarray, dataset_cfg: DictConfig) -> torch.Tensor:
             tensor = height @ tensor @ width.T
         else:
             tensor = image_functional.resize(tensor, [size, size], antialias=True)
-    mean = torch.tensor(list(dataset_cfg.mean), dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(list(dataset_cfg.std), dtype=torch.float32).view(1, -1, 1, 1)
-    return (tensor - mean) / std
+    return tensor
+
+
+def standardise(tensor: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """(pixel - mean) / std per channel, in place on `tensor` (N, C, size, size), which it returns."""
+    tensor -= torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+    return tensor.div_(torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
 
 def check_split(images: np.ndarray, labels: np.ndarray, files: list[Path], source: DatasetSource) -> None:
@@ -104,23 +113,27 @@ def real_dataset_info(dataset_cfg: DictConfig) -> DatasetInfo:
     """A real dataset's shape from its source, its normalisation checked against the source's channels;
     `classes` is what the classifier outputs: the length of dataset.class_subset when it is set."""
     source = DATASETS[dataset_cfg.name]
-    if len(dataset_cfg.mean) != source.channels:
-        raise ConfigError("dataset.mean", list(dataset_cfg.mean), f"{source.channels} value(s), one per channel")
+    for key in ("mean", "std"):  # null is image_folder's alone (computed from its images)
+        values = dataset_cfg[key]
+        if values is None or len(values) != source.channels:
+            raise ConfigError(f"dataset.{key}", values if values is None else list(values),
+                              f"{source.channels} value(s), one per channel")
     subset = dataset_cfg.get("class_subset")
     check_class_subset(subset, source.classes)
     classes = source.classes if subset is None else len(subset)
     return DatasetInfo(channels=source.channels, classes=classes, image_size=dataset_cfg.image_size)
 
 
-def complement_classes(dataset_cfg: DictConfig) -> list[int]:
-    """The classes the class_switch transfer probe measures on: those of the dataset outside
-    dataset.class_subset, ascending. A ConfigError when there is no subset or it leaves fewer than 2."""
+def complement_classes(dataset_cfg: DictConfig, total: int | None = None) -> list[int]:
+    """The classes the class_switch transfer probe measures on: those of the dataset (`total` classes; None:
+    a real dataset's count) outside dataset.class_subset, ascending. A ConfigError when there is no subset
+    or it leaves fewer than 2."""
     subset = dataset_cfg.get("class_subset")
     if subset is None:
         raise ConfigError("probe.transfer.tasks", "class_switch",
                           "class_switch probes the classes the run does not train on, so it needs "
                           "dataset.class_subset (e.g. dataset.class_subset=[0,1,2,3,4]); or drop class_switch")
-    total = DATASETS[dataset_cfg.name].classes
+    total = DATASETS[dataset_cfg.name].classes if total is None else total
     trained = set(subset)
     complement = [label for label in range(total) if label not in trained]
     if len(complement) < 2:

@@ -32,11 +32,13 @@ from phases.training.probes.reconstruction import (
     GradientReconstruction,
     fit_ridge,
 )
+from phases.training.probes.representation import CKA, ClassCollapse, EffectiveRank
 from phases.training.probes.transfer import TransferProbe
 
 __all__ = ["PROBES", "OWN_DATASET", "TRANSFER_PARTNER", "COMPLEMENT_CLASSES", "Measurement", "Probe", "ProbeData",
            "build_probes", "fit_ridge", "ClosedFormReconstruction", "GradientReconstruction",
-           "ConvolutionalReconstruction", "LBFGSClassifier", "SGDClassifier", "TransferProbe"]
+           "ConvolutionalReconstruction", "LBFGSClassifier", "SGDClassifier", "TransferProbe", "EffectiveRank", "CKA",
+           "ClassCollapse"]
 
 
 def _reconstruction(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Probe]:
@@ -80,8 +82,21 @@ def _transfer(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Probe]:
             for task in tasks]
 
 
+def _effective_rank(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Probe]:
+    return [EffectiveRank()]
+
+
+def _cka(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Probe]:
+    return [CKA(cfg.max_images, seed)]
+
+
+def _class_collapse(cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Probe]:
+    return [ClassCollapse()]
+
+
 # probe.<name> -> the probes it configures (transfer: one per task). A `_recipe` probe is its fast
 # probe's published recipe under its own name, so one run can fit both on the same activations.
+# effective_rank, cka and class_collapse fit nothing: measures of the activations to read beside the RL.
 PROBES: dict[str, Callable[[DictConfig, int, DatasetInfo], list[Probe]]] = {
     "reconstruction": _reconstruction,
     "reconstruction_recipe": _reconstruction_recipe,
@@ -89,6 +104,9 @@ PROBES: dict[str, Callable[[DictConfig, int, DatasetInfo], list[Probe]]] = {
     "linear": _linear,
     "linear_recipe": _linear_recipe,
     "transfer": _transfer,
+    "effective_rank": _effective_rank,
+    "cka": _cka,
+    "class_collapse": _class_collapse,
 }
 
 
