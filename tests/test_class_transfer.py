@@ -207,8 +207,8 @@ def test_the_transfer_table_and_figure_show_class_switch():
 def test_a_class_switch_run_trains_on_k_classes_and_probes_the_others(data_dir, tmp_path, monkeypatch):
     built = []
 
-    def keep_model(arch_cfg, info):
-        built.append(build_model(arch_cfg, info))
+    def keep_model(arch_cfg, info, **options):
+        built.append(build_model(arch_cfg, info, **options))
         return built[-1]
 
     monkeypatch.setattr(execute_module, "build_model", keep_model)
