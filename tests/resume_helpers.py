@@ -1,6 +1,7 @@
 """Shared by the resume and SLURM tests: a run long enough to interrupt, and how to compare metrics."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +19,12 @@ KEY = ["step", "layer", "probe", "metric", "split"]
 
 
 def start(data_dir: Path, outputs: Path, *extra: str) -> subprocess.Popen:
+    # SIGINT at its default in the run, as in a terminal: pytest started as a shell's background job (`make
+    # test &`, nohup) inherits it ignored, and a run keeps an ignored SIGINT ignored, as it should.
     return subprocess.Popen([sys.executable, "-m", "phases.run", *SETTINGS, f"paths.outputs={outputs}", *extra],
                             cwd=REPOSITORY, env={**os.environ, "PHASES_DATA_DIR": str(data_dir)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def steps_written(outputs: Path) -> int:

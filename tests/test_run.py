@@ -74,19 +74,22 @@ def test_metrics_have_the_exact_schema_and_one_row_per_measurement(finished_run)
     steps = evaluation_steps(4)
     assert sorted(frame["step"].unique()) == steps
     # Per step: classifier 2 metrics x 2 splits, sample_loss 5 metrics x 2 splits; per probe point:
-    # reconstruction mse x 2 splits plus its features and images, and linear accuracy/cross_entropy x 2 splits.
-    assert len(frame) == len(steps) * (4 + 10 + len(VGG8_POINTS) * (2 + 2 + 4))
+    # reconstruction mse x 2 splits plus its features, images and ridge, and linear accuracy/cross_entropy x 2 splits.
+    assert len(frame) == len(steps) * (4 + 10 + len(VGG8_POINTS) * (2 + 3 + 4))
     assert not frame.duplicated(["step", "layer", "probe", "metric", "split"]).any()
     assert set(frame["layer"]) == {"output", *VGG8_POINTS}
     assert set(frame["probe"]) == {"classifier", "reconstruction", "linear", "sample_loss"}
     assert set(frame.query("probe == 'sample_loss'")["metric"]) == {
         "loss_p50", "loss_p90", "loss_p99", "loss_share_worst_1pct", "loss_share_worst_10pct"}
     reconstruction = frame.query("probe == 'reconstruction'")
-    assert set(reconstruction["metric"]) == {"mse", "features", "images"} and (reconstruction["value"] > 0).all()
+    assert set(reconstruction["metric"]) == {"mse", "features", "images", "ridge"}
+    assert (reconstruction["value"] > 0).all()
     # Beside each RL, what bends it: the decoder's feature count (block5: VGG-8's 512 channels at the
-    # run's width) and its training images (probe.train_size), the same at every step.
+    # run's width), its training images (probe.train_size) and its ridge (chosen at step 0), the same at every step.
     sizes = reconstruction.query("metric != 'mse'").groupby(["layer", "metric"])["value"].agg(["min", "max"])
-    assert (sizes["min"] == sizes["max"]).all() and sizes.loc[("block5", "images"), "min"] == 64
+    # block5: max(probe.train_size 64, 4 images x its 128 features), at most the 256 generated training images.
+    assert (sizes["min"] == sizes["max"]).all() and sizes.loc[("block5", "images"), "min"] == 256
+    assert sizes.loc[("logits", "images"), "min"] == 64  # 10 features: probe.train_size
     assert sizes.loc[("block5", "features"), "min"] == 512 // 4  # arch.width=0.25
     accuracy = frame.query("metric == 'accuracy'")["value"]
     assert accuracy.between(0, 1).all()
@@ -132,7 +135,8 @@ def test_settings_that_do_not_change_results_keep_the_run_id(finished_run, tmp_p
         ("optimizer.lr=fast", "optimizer.lr"),
         ("device=tpu", "device='tpu' is invalid: auto, cpu, cuda or cuda:N"),
         ("probe.bn_mode=batch", "Invalid value 'batch', expected one of [precise_eval, eval, train]"),
-        ("probe.max_activation_gb=0.001", "per evaluation (3978 features x 112 images); probe fewer layers"),
+        ("probe.max_activation_gb=0.001", "per evaluation (3978 features, up to 4 training images per feature); "
+                                          "probe fewer layers"),
     ],
 )
 def test_bad_input_exits_non_zero_with_a_message_and_writes_no_run(data_dir, tmp_path, override, message):
