@@ -46,10 +46,10 @@ demo: data  ## the default run (Fashion-MNIST, VGG-8, 2048 steps), then its figu
 figures: install  ## figures of every run under $(OUTPUTS) into $(OUTPUTS)/figures/
 	$(BIN)/python -m phases.figures --outputs $(call quoted,$(OUTPUTS))
 
-test: install  ## the test suite (end-to-end, resume, SLURM and wheel tests included; about 10 minutes on 2 cores)
+test: install  ## the test suite (end-to-end, resume, SLURM and wheel tests included; about 11 minutes on 2 cores)
 	$(BIN)/python -m pytest
 
-test-fast: install  ## the tests that run nothing end to end (no SLURM, browser, wheel or front door): about a minute
+test-fast: install  ## the tests that run nothing end to end (no SLURM, browser, wheel or front door): about 90 s
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: install  ## ruff over the package, the tests and the notebooks
