@@ -27,7 +27,9 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -36,9 +38,12 @@ from omegaconf import DictConfig
 
 from phases.config.compose import compose
 from phases.store.identity import run_id
-from phases.store.progress import job_status, paragraph  # shared with phases.status and phases.multirun
+from phases.store.progress import duration, job_status, paragraph  # shared with phases.status and phases.multirun
 from phases.store.record import run_folder
-from phases.store.sweep_jobs import write_job_list
+from phases.store.sweep_jobs import Job, write_job_list
+
+if TYPE_CHECKING:
+    from phases.training.cost import Launch
 
 TOP_LEVEL_KEYS = ("description", "cost", "overrides", "environment")
 # The variables a sweep file may set for its runs: thread counts and the choice of GPU. Others can make
@@ -169,25 +174,29 @@ def composed_jobs(overrides: list[str], source: str | Path) -> list[tuple[list[s
     return jobs
 
 
-def list_jobs(overrides: list[str], sweep_file: Path) -> list[tuple[list[str], Path]]:
-    return [(job, run_folder(cfg.paths.outputs, run_id(cfg))) for job, cfg in composed_jobs(overrides, sweep_file)]
+def list_jobs(overrides: list[str], sweep_file: Path) -> list[Job]:
+    return [Job(job, run_folder(cfg.paths.outputs, run_id(cfg)), cfg)
+            for job, cfg in composed_jobs(overrides, sweep_file)]
 
 
-def print_jobs(jobs: list[tuple[list[str], Path]], before: dict[Path, str] | None = None) -> dict[str, int]:
+def print_jobs(jobs: list[tuple[list[str], Path]] | list[Job], before: dict[Path, str] | None = None,
+               estimates: dict[Path, tuple[float, Launch]] | None = None) -> dict[str, int]:
+    """One line per job: its status, run id and overrides, and with `estimates` the wall time left to it."""
     counts: dict[str, int] = {}
-    for job, folder in jobs:
+    for job, folder, *_ in jobs:
         status, detail = job_status(folder)
         if before is not None and status == "done" and before.get(folder) == "done":
             status = "skipped (done before)"
         counts[status] = counts.get(status, 0) + 1
-        print(f"  {status:<21} {folder.name}  {' '.join(job)}" + (f"\n      {detail}" if detail else ""))
+        left = "" if estimates is None else f"{duration(estimates[folder][0]) if folder in estimates else '-':>13}  "
+        print(f"  {status:<21} {left}{folder.name}  {' '.join(job)}" + (f"\n      {detail}" if detail else ""))
     return counts
 
 
-def write_job_lists(name: str, sweep_file: Path, jobs: list[tuple[list[str], Path]]) -> None:
+def write_job_lists(name: str, sweep_file: Path, jobs: list[Job]) -> None:
     """One job list per outputs folder the jobs write to (an override may sweep paths.outputs too)."""
     by_outputs: dict[Path, list[tuple[str, list[str]]]] = {}
-    for job, folder in jobs:
+    for job, folder, _ in jobs:
         by_outputs.setdefault(folder.parent.parent, []).append((folder.name, job))
     for outputs, listed in by_outputs.items():
         try:
@@ -197,7 +206,7 @@ def write_job_lists(name: str, sweep_file: Path, jobs: list[tuple[list[str], Pat
                                  f"{': ' + str(error.filename) if error.filename else ''}") from error
 
 
-def prepare(arguments: argparse.Namespace, extra: list[str]) -> tuple[dict, list[list[str]], list[list]]:
+def prepare(arguments: argparse.Namespace, extra: list[str]) -> tuple[dict, list[list[str]], list[list[Job]]]:
     """The sweep file read and checked, its multiruns and their jobs: SweepFileError on anything refused."""
     sweep = load_sweep(arguments.sweep)
     groups = multiruns(sweep["overrides"], arguments.sweep)
@@ -213,6 +222,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", type=Path, help="a file in sweeps/")
     parser.add_argument("--dry-run", action="store_true", help="list the jobs and their status, run nothing")
+    parser.add_argument("--estimate", action="store_true",
+                        help="estimate each job's wall time on this machine, measuring each configuration's rates "
+                             "once (cached in <outputs>/calibration/)")
     own, extra = [*sys.argv[1:]], []
     if "--" in own:  # what follows `--` are more overrides, for the runs
         separator = own.index("--")
@@ -234,16 +246,26 @@ def main() -> int:
         print(f"{len(jobs)} jobs in {len(groups)} multiruns:")
     for overrides, each in zip(groups, group_jobs, strict=True):
         print(f"{len(each)} jobs: {prefix}python -m phases.run -m {shlex.join(overrides)}")
+    estimates = None
+    if arguments.estimate or not arguments.dry_run:  # a plain listing stays quick: no torch, no calibration
+        from phases.training.cost import estimate, print_estimate
+
+        estimates = estimate(group_jobs, environment, measure=arguments.estimate)
     if arguments.dry_run:
-        counts = print_jobs(jobs)
+        counts = print_jobs(jobs, estimates=estimates)
         print(", ".join(f"{count} {status}" for status, count in sorted(counts.items())))
+        if estimates is not None:
+            print_estimate(estimates)
         return 0
+    if estimates is not None and arguments.estimate:
+        print_estimate(estimates)
     try:
         write_job_lists(name, arguments.sweep, jobs)
     except SweepFileError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    before = {folder: job_status(folder)[0] for _, folder in jobs}
+    before = {job.folder: job_status(job.folder)[0] for job in jobs}
+    started = time.perf_counter()
     returncode = 0
     for overrides in groups:  # in order; a failed multirun does not stop the next one
         command = [sys.executable, "-m", "phases.run", "-m", *overrides]
@@ -253,6 +275,10 @@ def main() -> int:
     print(f"summary of {name}:")
     counts = print_jobs(jobs, before)
     print(", ".join(f"{count} {status}" for status, count in sorted(counts.items())))
+    here = [seconds / launch.parallel for seconds, launch in (estimates or {}).values() if launch.where == "here"]
+    if here and len(here) == len(estimates):  # cached rates for every job, all run here: how far off they were
+        took, expected = time.perf_counter() - started, sum(here)
+        print(f"took {duration(took)}; estimated {duration(expected)} ({(took - expected) / expected:+.0%})")
     unfinished = any(status != "done" and not status.startswith("skipped") for status in counts)
     return 1 if returncode != 0 or unfinished else 0
 

@@ -211,3 +211,25 @@ def test_local_launcher_runs_one_job_per_gpu_and_spreads_jobs_over_the_gpus(monk
     assert launched == [([["seed=0"], ["seed=1"]], 10), ([["seed=2"]], 12)]
     with pytest.raises(ValueError, match="max_parallel_jobs=0"):
         LocalLauncher(max_parallel_jobs=0, submitit_folder="unused")
+
+
+def test_runs_per_device_puts_that_many_runs_on_each_gpu_or_each_group_of_cores(monkeypatch):
+    import os
+
+    import torch
+
+    from hydra_plugins.phases_launcher import LocalLauncher
+    from phases.config.launcher import CPU_CORES_PER_LOCAL_JOB
+    from phases.training.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    cfg = compose(["hydra/launcher=local", "hydra.launcher.runs_per_device=2"], hydra_config=True)
+    assert cfg.hydra.launcher.max_parallel_jobs == 8
+    # One chunk of 8 consecutive jobs: each GPU gets two of them.
+    assert sorted(resolve_device("auto", job).index for job in range(8)) == [0, 0, 1, 1, 2, 2, 3, 3]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    cfg = compose(["hydra/launcher=local", "hydra.launcher.runs_per_device=3"], hydra_config=True)
+    assert cfg.hydra.launcher.max_parallel_jobs == 3 * max(1, os.cpu_count() // CPU_CORES_PER_LOCAL_JOB)
+    with pytest.raises(ValueError, match="runs_per_device=0"):
+        LocalLauncher(max_parallel_jobs=1, runs_per_device=0, submitit_folder="unused")

@@ -192,7 +192,7 @@ def test_a_run_whose_process_died_shows_as_crashed_in_the_figures_and_the_sweep(
     outputs = tmp_path / "outputs"
     path = write_sweep_file(tmp_path, "crashy", {"overrides": [*SHARED, f"paths.outputs={outputs}", "seed=0,1"]})
     _, groups, group_jobs = sweep_module.prepare(Namespace(sweep=path), [])
-    (_, dead), (_, alive) = group_jobs[0]
+    dead, alive = (job.folder for job in group_jobs[0])
     for folder, seed in ((dead, 0), (alive, 1)):
         write_run(folder, seed, sweep="crashy", status="running")
         (folder / LOCK_FILE).touch()

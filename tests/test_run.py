@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -210,6 +211,34 @@ def test_the_users_sweep_command_runs_every_combination(tmp_path, launcher):
             assert len(running) <= 2, [(other["started_at"], other["ended_at"]) for other in records]
     # Hydra's sweep folder (submitit's logs) lives under paths.outputs, nothing in the working directory.
     assert (outputs / "sweeps").is_dir() and sorted(path.name for path in tmp_path.iterdir()) == ["data", "outputs"]
+
+
+def test_runs_sharing_a_device_measure_what_each_measures_alone(tmp_path):
+    """hydra.launcher.runs_per_device=2: two seeds at once on one device (here the CPU's cores), each with
+    the metrics of its own solo run. One thread per run in both, as BLAS sums in another order otherwise."""
+    from tests.conftest import write_mnist_like
+
+    data_dir = tmp_path / "data"
+    write_mnist_like(data_dir / "FashionMNIST" / "raw")
+    environment = {**os.environ, "PHASES_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "phases.run"]
+    settings = [*QUICK, "schedule.max_steps=8"]
+    for seed in (0, 1):
+        solo = subprocess.run([*command, *settings, f"seed={seed}", f"paths.outputs={tmp_path / 'solo'}"],
+                              cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=300)
+        assert solo.returncode == 0, solo.stderr[-3000:]
+    shared = subprocess.run([*command, "-m", *settings, "seed=0,1", "hydra/launcher=local",
+                             "hydra.launcher.runs_per_device=2", f"paths.outputs={tmp_path / 'shared'}"],
+                            cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=300)
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    records = [json.loads(path.read_text()) for path in (tmp_path / "shared" / "runs").glob("*/run.json")]
+    first, second = sorted(records, key=lambda record: record["started_at"])
+    assert second["started_at"] < first["ended_at"]  # at once, not one after the other
+    for folder in (tmp_path / "solo" / "runs").iterdir():
+        alone = pq.read_table(folder / "metrics.parquet").to_pandas()
+        together = pq.read_table(tmp_path / "shared" / "runs" / folder.name / "metrics.parquet").to_pandas()
+        assert len(alone) == len(together) > 0
+        np.testing.assert_allclose(together["value"], alone["value"], rtol=1e-6, atol=1e-9)
 
 
 def test_the_published_recipe_runs_every_probe_on_the_penultimate_layer(tmp_path):

@@ -10,7 +10,8 @@ only from the `hydra_plugins` namespace.
 - `local` hands the plugin the jobs in chunks of `max_parallel_jobs` (each chunk waits for its slowest
   job): the plugin starts every job at once and shows each the same GPUs. Every job sees all GPUs and
   takes GPU (job number mod GPUs) (`phases.training.device.resolve_device`): jobs of a chunk are
-  numbered consecutively, so with one job per GPU no two share one. The jobs share the CPU cores: each
+  numbered consecutively, so with one job per GPU no two share one, and with `runs_per_device=k` (k
+  jobs per GPU by default) each GPU gets k. The jobs share the CPU cores: each
   gets cores / max_parallel_jobs threads (OMP_NUM_THREADS, unless set), since OpenMP threads
   oversubscribing the cores slowed a 4-job test sweep on 2 cores 15-fold (335 s instead of 22 s).
 """
@@ -76,9 +77,11 @@ class SlurmLauncher(SubmititSlurmLauncher):
 
 
 class LocalLauncher(SubmititLocalLauncher):
-    def __init__(self, max_parallel_jobs: int, **params: Any) -> None:
-        if max_parallel_jobs < 1:
-            raise ValueError(f"hydra.launcher.max_parallel_jobs={max_parallel_jobs} is invalid: a number >= 1")
+    def __init__(self, max_parallel_jobs: int, runs_per_device: int = 1, **params: Any) -> None:
+        # runs_per_device has done its work in max_parallel_jobs' default (phases.config.launcher).
+        for key, value in (("max_parallel_jobs", max_parallel_jobs), ("runs_per_device", runs_per_device)):
+            if value < 1:
+                raise ValueError(f"hydra.launcher.{key}={value} is invalid: a number >= 1")
         super().__init__(**params)
         self.max_parallel_jobs = max_parallel_jobs
 

@@ -28,6 +28,16 @@ def paragraph(error: BaseException | None) -> str:
     return " ".join(lines[:ERROR_LINES])
 
 
+def duration(seconds: float) -> str:
+    """2 h 05 min, 3 min 12 s, 41 s."""
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"
+
+
 def read_record(folder: Path) -> tuple[RunRecord | None, str]:
     """(the folder's run record, "") ; (None, "") when it has no run.json yet; (None, why) when its
     run.json cannot be read as one."""

@@ -10,9 +10,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
+
+from omegaconf import DictConfig
 
 from phases.store.files import write_json
 from phases.store.record import now
+
+
+class Job(NamedTuple):
+    """One job of a sweep: its overrides, its run folder and its composed config."""
+
+    overrides: list[str]
+    folder: Path
+    cfg: DictConfig
+
 
 SWEEPS_FOLDER = "sweeps"  # beside Hydra's own multirun folders (conf/config.yaml: hydra.sweep.dir)
 JOB_LIST_SUFFIX = ".jobs.json"
