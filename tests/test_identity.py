@@ -8,12 +8,16 @@ from phases.config import schema
 from phases.config.compose import compose
 from phases.store.identity import result_settings, run_id
 
-# The default run's id since the published script's resize, the ridge chosen by generalised cross-validation
-# and wide points probed on 4 images per feature became the defaults (issue 14); a change here re-runs every
-# finished default run. Before them (issue 11 on), the default run resized bilinearly with a ridge of 1e-3.
-DEFAULT_RUN_ID = "fashion_mnist-vgg8-sgd-s0-eace3c6f"
+# The default run's id since the classifier probe's L-BFGS is preconditioned (issue 16); a change here re-runs
+# every finished default run. Before it, from issue 14 on (the published script's resize, the ridge chosen by
+# generalised cross-validation, wide points probed on 4 images per feature), ISSUE_14_RUN_ID; before those
+# (issue 11 on), the default run resized bilinearly with a ridge of 1e-3.
+DEFAULT_RUN_ID = "fashion_mnist-vgg8-sgd-s0-b08cf61b"
+BEFORE_ISSUE_16 = ["probe.linear.preconditioned=false"]
+ISSUE_14_RUN_ID = "fashion_mnist-vgg8-sgd-s0-eace3c6f"
 BILINEAR_RUN_ID = "fashion_mnist-vgg8-sgd-s0-f6f4b350"
-BEFORE_ISSUE_14 = ["dataset.resize=bilinear", "probe.reconstruction.ridge=0.001", "probe.min_images_per_feature=0"]
+BEFORE_ISSUE_14 = [*BEFORE_ISSUE_16, "dataset.resize=bilinear", "probe.reconstruction.ridge=0.001",
+                   "probe.min_images_per_feature=0"]
 
 
 def test_the_default_runs_id_is_stable():
@@ -63,8 +67,18 @@ def test_a_default_that_changed_what_runs_compute_changes_their_ids_but_not_the_
     """dataset.resize came with a default (spline) other than what runs did before (bilinear): a finished
     bilinear run keeps its id and is never taken for a spline one."""
     assert run_id(compose(BEFORE_ISSUE_14)) == BILINEAR_RUN_ID != DEFAULT_RUN_ID
-    for changed in BEFORE_ISSUE_14:  # each of the three alone makes a run of its own
-        assert run_id(compose([changed])) not in (BILINEAR_RUN_ID, DEFAULT_RUN_ID)
+    assert run_id(compose(BEFORE_ISSUE_16)) == ISSUE_14_RUN_ID != DEFAULT_RUN_ID
+    for changed in BEFORE_ISSUE_14:  # each alone makes a run of its own
+        assert run_id(compose([changed])) not in (BILINEAR_RUN_ID, ISSUE_14_RUN_ID) or changed in BEFORE_ISSUE_16
+
+
+def test_the_preconditioner_is_hashed_only_for_the_classifier_that_uses_it():
+    assert "probe.linear.preconditioned" in result_settings(compose())
+    assert "probe.linear.preconditioned" not in result_settings(compose(["probe=paper"]))
+    transfer = ["probe.enabled=[transfer]"]
+    assert "probe.transfer.classifier.preconditioned" in result_settings(compose(transfer))
+    assert "probe.transfer.classifier.preconditioned" not in result_settings(
+        compose([*transfer, "probe.transfer.classifier.solver=sgd"]))
 
 
 def test_the_ridge_is_hashed_only_for_the_decoder_that_uses_it():
@@ -83,5 +97,6 @@ def test_the_hashed_settings_name_what_is_built():
     assert result_settings(compose()) == {"dataset.name": "fashion_mnist", "dataset.resize": "spline",
                                           "dataset.mean": [0.281], "dataset.std": [0.352], "arch.name": "vgg8",
                                           "optimizer._target_": "torch.optim.SGD",
-                                          "probe.reconstruction.ridge": "gcv", "probe.min_images_per_feature": 4.0}
+                                          "probe.reconstruction.ridge": "gcv", "probe.min_images_per_feature": 4.0,
+                                          "probe.linear.preconditioned": True}
     assert result_settings(compose(["probe.bn_mode=train"]))["probe.bn_mode"] == "train"

@@ -167,7 +167,8 @@ def _reconstruction(node: DictConfig, key: str) -> None:
 
 def _classifier(node: DictConfig, key: str) -> None:
     require(node.l2 >= 0, f"{key}.l2", node.l2, "a value >= 0")
-    require(node.max_iterations >= 1, f"{key}.max_iterations", node.max_iterations, "an integer >= 1")
+    require(node.max_iterations is None or node.max_iterations >= 1, f"{key}.max_iterations", node.max_iterations,
+            "an integer >= 1, or null (the solver's default)")
 
 
 def _sgd_recipe(node: DictConfig, key: str) -> None:

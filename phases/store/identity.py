@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from phases.config.probe_schema import BatchNormMode, ReconstructionSolver
+from phases.config.probe_schema import BatchNormMode, ClassifierSolver, ReconstructionSolver
 from phases.store.folder_fingerprint import folder_fingerprint
 
 # Where or how fast a run happens, never its results; also what the analysis never treats as a setting.
@@ -38,6 +38,8 @@ BEHAVIOUR_BEFORE_THE_KEY = {
     "dataset.resize": "bilinear",  # issue 14: the published script's spline zoom became the default
     "probe.reconstruction.ridge": 1.0e-3,  # issue 14: chosen by generalised cross-validation (gcv)
     "probe.min_images_per_feature": 0,  # issue 14: wide points fitted on at least 4 images per feature
+    "probe.linear.preconditioned": False,  # issue 16: L-BFGS in the features' correlation metric, 15 iterations
+    "probe.transfer.classifier.preconditioned": False,
 }
 # Values that came to mean something else, with their revision, hashed beside them.
 REVISIONS = {
@@ -84,6 +86,9 @@ def result_settings(cfg: DictConfig) -> dict[str, Any]:
             settings = {key: value for key, value in settings.items() if not key.startswith(f"probe.{name}.")}
     if cfg.probe.reconstruction.solver != ReconstructionSolver.closed_form:  # the penalty of a decoder not fitted
         settings.pop("probe.reconstruction.ridge", None)
+    for node in ("linear", "transfer.classifier"):  # how L-BFGS is solved, for a classifier trained by SGD
+        if OmegaConf.select(cfg.probe, f"{node}.solver") != ClassifierSolver.lbfgs:
+            settings.pop(f"probe.{node}.preconditioned", None)
     if cfg.probe.bn_mode != BatchNormMode.precise_eval:
         settings.pop("probe.calibration_size", None)
     for key, fingerprint in FOLDER_KEYS.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -24,6 +24,29 @@ class ProbeData:
     # probe can measure the majority and the few apart; None for real datasets.
     atypical: torch.Tensor | None = None
     point: str = ""  # the probe point's name (e.g. block3): a probe choosing settings per point keys them by it
+    _centred_gram: torch.Tensor | None = field(default=None, repr=False)
+
+    def centred_gram(self) -> torch.Tensor:
+        """Xc^T Xc (float64, features x features) of the centred features, computed once for every probe
+        of this point and split that needs it (the ridge decoder's system, the classifier's preconditioner):
+        on a wide layer it is the largest product of an evaluation."""
+        if self._centred_gram is None:
+            self._centred_gram = symmetric_gram(self.features - self.features.mean(0)).double()
+        return self._centred_gram
+
+
+def symmetric_gram(matrix: torch.Tensor, blocks: int = 4) -> torch.Tensor:
+    """matrix^T matrix from the blocks on and above the diagonal, mirrored: (blocks + 1) / (2 blocks) of
+    the products of one matmul, as BLAS's syrk would do (torch has none). The Gram is the ridge
+    decoder's largest cost on wide layers (make bench: 0.39 s -> 0.26 s for 10000 x 2048 on a CPU)."""
+    columns = matrix.shape[1]
+    bounds = [round(index * columns / blocks) for index in range(blocks + 1)]
+    gram = matrix.new_empty(columns, columns)
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        row = matrix[:, start:end].T @ matrix[:, start:]
+        gram[start:end, start:] = row
+        gram[start:, start:end] = row.T
+    return gram
 
 
 @dataclass(frozen=True)
