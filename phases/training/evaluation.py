@@ -220,12 +220,16 @@ class Evaluator:
         for split, activations in passes[OWN_DATASET].items():
             rows += [self._row("output", "classifier", measurement)
                      for measurement in classifier_measurements(activations.logits, own_sets[split].labels, split)]
-        for probe in self.probes:
-            source = passes[probe.dataset]
-            for number, layer in enumerate(self.layers, start=1):
+        # Point by point, so that what the probes of a point share (its Gram: as large as 8 GB for a point of
+        # 32768 features) is held for one point at a time.
+        for number, layer in enumerate(self.layers, start=1):
+            for probe in self.probes:
+                source = passes[probe.dataset]
                 show(EvaluationStage(probe.name, layer, number, len(self.layers)))
                 rows += [self._row(layer, probe.name, measurement) for measurement
                          in probe.fit_and_score(source["train"].probe_data[layer], source["test"].probe_data[layer])]
+            for activations in (activations for sets in passes.values() for activations in sets.values()):
+                activations.probe_data[layer].release_gram()
         for metric in self.output_metrics:
             show(EvaluationStage(metric.name))
             for split, activations in passes[OWN_DATASET].items():

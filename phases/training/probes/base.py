@@ -34,6 +34,10 @@ class ProbeData:
             self._centred_gram = symmetric_gram(self.features - self.features.mean(0)).double()
         return self._centred_gram
 
+    def release_gram(self) -> None:
+        """Free the Gram once every probe of the point has used it."""
+        self._centred_gram = None
+
 
 def symmetric_gram(matrix: torch.Tensor, blocks: int = 4) -> torch.Tensor:
     """matrix^T matrix from the blocks on and above the diagonal, mirrored: (blocks + 1) / (2 blocks) of
