@@ -104,13 +104,14 @@ def test_an_evaluation_tells_each_layer_and_probe_before_fitting_it(evaluation_p
     stages: list[EvaluationStage] = []
     rows = evaluator(stages.append)
     layers = model.resolve_points(None)  # probe.layers=null: every point
+    # Point by point (each point's shared Gram is freed after its probes), every probe at each point.
     assert stages == [EvaluationStage("activations"),
                       *(EvaluationStage(probe.name, layer, number, len(layers))
-                        for probe in probes for number, layer in enumerate(layers, start=1)),
+                        for number, layer in enumerate(layers, start=1) for probe in probes),
                       EvaluationStage("sample_loss")]
     measured = {(row["probe"], row["layer"]) for row in rows if row["layer"] != "output"}
     assert measured == {(stage.task, stage.layer) for stage in stages if stage.layer is not None}
-    assert str(stages[3]) == f"layer 3/{len(layers)} reconstruction ({layers[2]})"
+    assert str(stages[1 + 2 * len(probes)]) == f"layer 3/{len(layers)} reconstruction ({layers[2]})"
 
 
 def test_the_progress_bar_says_which_probe_the_evaluation_is_at(evaluation_parts, capsys):
