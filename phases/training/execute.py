@@ -81,6 +81,16 @@ def load_datasets(cfg: DictConfig, device: torch.device, partner: str | None,
     return datasets
 
 
+def probe_datasets(cfg: DictConfig, probes: list[Probe]) -> tuple[str | None, list[int] | None]:
+    """(the transfer partner's name, the complement classes) when a probe reads them, else None each."""
+    # A dataset without a partner fails here, before any folder is written.
+    partner = transfer_partner(cfg.dataset.name) if any(probe.dataset == TRANSFER_PARTNER for probe in probes) else None
+    # So does a class switch without dataset.class_subset, or with one that leaves fewer than 2 classes.
+    complement = complement_classes(cfg.dataset) if any(probe.dataset == COMPLEMENT_CLASSES for probe in probes) \
+        else None
+    return partner, complement
+
+
 def check_batch_statistics(model: ProbedNetwork, cfg: DictConfig) -> None:
     """BatchNorm in training mode cannot normalise a batch of one image whose feature map is 1x1."""
     if any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules()):
@@ -115,11 +125,7 @@ def checked_execute(cfg: DictConfig, job_number: int) -> RunRecord | str:
     check_batch_statistics(model, cfg)
     check_enabled(list(cfg.probe.enabled))
     probes = build_probes(cfg.probe, cfg.seed, info)
-    # A dataset without a partner fails here, before any folder is written.
-    partner = transfer_partner(cfg.dataset.name) if any(probe.dataset == TRANSFER_PARTNER for probe in probes) else None
-    # So does a class switch without dataset.class_subset, or with one that leaves fewer than 2 classes.
-    complement = complement_classes(cfg.dataset) if any(probe.dataset == COMPLEMENT_CLASSES for probe in probes) \
-        else None
+    partner, complement = probe_datasets(cfg, probes)
     device = resolve_device(cfg.device, job_number)
     folder = run_folder(cfg.paths.outputs, run_id(cfg))
     if already_done(cfg, folder):
