@@ -19,10 +19,10 @@ from phases.config.validation import download_allowed
 from phases.training.data import ImageSplits, dataset_info
 from phases.training.device import place_model, resolve_device
 from phases.training.evaluation import Evaluator, check_enabled
-from phases.training.execute import load_datasets, probe_datasets, seed_everything
+from phases.training.execute import load_datasets, seed_everything
 from phases.training.models import build_model
 from phases.training.optimizers import build_optimizer
-from phases.training.probes import OWN_DATASET, build_probes
+from phases.training.probes import OWN_DATASET, build_probes, probe_datasets
 from phases.training.train import train
 
 # The training loop is timed over at least this long (and this many steps), so that per-step rates are
@@ -50,7 +50,7 @@ def measure_rates(cfg: DictConfig) -> Rates:
     model = build_model(cfg.arch, info, download=download_allowed(cfg.dataset.download))
     probes = build_probes(cfg.probe, cfg.seed, info)
     device = resolve_device(cfg.device)
-    datasets = load_datasets(cfg, device, *probe_datasets(cfg, probes))
+    datasets = load_datasets(cfg, device, *probe_datasets(cfg.dataset, probes))
     model = place_model(model, device)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     setup_s = time.perf_counter() - started

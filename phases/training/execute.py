@@ -30,20 +30,20 @@ from phases.store.identity import optimizer_name, run_id
 from phases.store.metrics import write_metrics
 from phases.store.record import CONFIG_FILE, METRICS_FILE, RECORD_FILE, RunRecord, RunStatus, now, run_folder, run_lock
 from phases.training.checkpoint import Checkpoint
-from phases.training.data import (
-    DataNotFoundError,
-    ImageSplits,
-    complement_classes,
-    dataset_info,
-    load_image_splits,
-    transfer_partner,
-)
+from phases.training.data import DataNotFoundError, ImageSplits, dataset_info, load_image_splits
 from phases.training.device import place_model, resolve_device
 from phases.training.evaluation import Evaluator, check_activation_memory, check_enabled
 from phases.training.loggers import check_logger, metric_mirror
 from phases.training.models import ProbedNetwork, build_model
 from phases.training.optimizers import build_optimizer
-from phases.training.probes import COMPLEMENT_CLASSES, OWN_DATASET, TRANSFER_PARTNER, Probe, build_probes
+from phases.training.probes import (
+    COMPLEMENT_CLASSES,
+    OWN_DATASET,
+    TRANSFER_PARTNER,
+    Probe,
+    build_probes,
+    probe_datasets,
+)
 from phases.training.provenance import cluster_job, provenance
 from phases.training.run_log import open_run_log, run_logging
 from phases.training.train import Interrupted, TrainingState, train
@@ -81,16 +81,6 @@ def load_datasets(cfg: DictConfig, device: torch.device, partner: str | None,
     return datasets
 
 
-def probe_datasets(cfg: DictConfig, probes: list[Probe]) -> tuple[str | None, list[int] | None]:
-    """(the transfer partner's name, the complement classes) when a probe reads them, else None each."""
-    # A dataset without a partner fails here, before any folder is written.
-    partner = transfer_partner(cfg.dataset.name) if any(probe.dataset == TRANSFER_PARTNER for probe in probes) else None
-    # So does a class switch without dataset.class_subset, or with one that leaves fewer than 2 classes.
-    complement = complement_classes(cfg.dataset) if any(probe.dataset == COMPLEMENT_CLASSES for probe in probes) \
-        else None
-    return partner, complement
-
-
 def check_batch_statistics(model: ProbedNetwork, cfg: DictConfig) -> None:
     """BatchNorm in training mode cannot normalise a batch of one image whose feature map is 1x1."""
     if any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules()):
@@ -125,7 +115,7 @@ def checked_execute(cfg: DictConfig, job_number: int) -> RunRecord | str:
     check_batch_statistics(model, cfg)
     check_enabled(list(cfg.probe.enabled))
     probes = build_probes(cfg.probe, cfg.seed, info)
-    partner, complement = probe_datasets(cfg, probes)
+    partner, complement = probe_datasets(cfg.dataset, probes)
     device = resolve_device(cfg.device, job_number)
     folder = run_folder(cfg.paths.outputs, run_id(cfg))
     if already_done(cfg, folder):

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from phases.config.probe_schema import ReconstructionSolver, TransferTask
 from phases.config.validation import ConfigError
-from phases.training.data import DatasetInfo
+from phases.training.data import DatasetInfo, complement_classes, transfer_partner
 from phases.training.probes.base import (
     COMPLEMENT_CLASSES,
     OWN_DATASET,
@@ -36,7 +36,7 @@ from phases.training.probes.representation import CKA, ClassCollapse, EffectiveR
 from phases.training.probes.transfer import TransferProbe
 
 __all__ = ["PROBES", "OWN_DATASET", "TRANSFER_PARTNER", "COMPLEMENT_CLASSES", "Measurement", "Probe", "ProbeData",
-           "build_probes", "fit_ridge", "ClosedFormReconstruction", "GradientReconstruction",
+           "build_probes", "probe_datasets", "fit_ridge", "ClosedFormReconstruction", "GradientReconstruction",
            "ConvolutionalReconstruction", "LBFGSClassifier", "SGDClassifier", "TransferProbe", "EffectiveRank", "CKA",
            "ClassCollapse"]
 
@@ -114,3 +114,13 @@ def build_probes(probe_cfg: DictConfig, seed: int, info: DatasetInfo) -> list[Pr
     """The enabled probes, in registry order."""
     return [probe for name, build in PROBES.items() if name in probe_cfg.enabled
             for probe in build(probe_cfg[name], seed, info)]
+
+
+def probe_datasets(dataset_cfg: DictConfig, probes: list[Probe]) -> tuple[str | None, list[int] | None]:
+    """(the transfer partner's name, the complement classes) when a probe reads them, else None each."""
+    reads = {probe.dataset for probe in probes}
+    # A dataset without a partner fails here, before any folder is written.
+    partner = transfer_partner(dataset_cfg.name) if TRANSFER_PARTNER in reads else None
+    # So does a class switch without dataset.class_subset, or with one that leaves fewer than 2 classes.
+    complement = complement_classes(dataset_cfg) if COMPLEMENT_CLASSES in reads else None
+    return partner, complement
