@@ -58,9 +58,10 @@ lint: install  ## ruff over the package, the tests and the notebooks
 status: install  ## one line per run under $(OUTPUTS): status, step, last RL and accuracy, age (SWEEP=<name> filters)
 	$(BIN)/python -m phases.status --outputs $(call quoted,$(OUTPUTS)) $(if $(SWEEP),--sweep $(call quoted,$(SWEEP)))
 
-bench: data  ## speed: our training step vs a bare PyTorch loop; our probe solvers vs the published recipes; runs/hour at k runs per GPU
+bench: data  ## speed: our training step vs a bare PyTorch loop; our probe solvers vs the published recipes; probing vs its floor; runs/hour at k runs per GPU
 	$(BIN)/python -m phases.bench.training_step
 	$(BIN)/python -m phases.bench.probes --outputs $(call quoted,$(OUTPUTS))
+	$(BIN)/python -m phases.bench.probing_floor --outputs $(call quoted,$(OUTPUTS))
 	$(BIN)/python -m phases.bench.sweep_throughput --skip-without-gpu
 
 sweep-%: install  ## run sweeps/<name>.yaml into $(OUTPUTS) (DRY=1: list its jobs, their status and estimated wall time; ARGS="...": more overrides)

@@ -1,0 +1,167 @@
+"""Probing against its floor: what a run's evaluations must cost on this machine, and what they cost.
+
+    python -m phases.bench.probing_floor                    # part of `make bench`
+    python -m phases.bench.probing_floor --steps 512 arch.width=0.5
+
+For each probing configuration (the default run's points, and every point: probe.layers=null) it runs
+the real run (`python -m phases.run`, the defaults plus the given overrides, into <outputs>/bench/) and
+sets the probing time the run records beside its floor:
+
+- the FLOPs of the exact solves every evaluation needs, per probed point with d features, n training
+  and m test images, p pixels and c classes: the centred Gram n d^2 (syrk), the decoder's cross-product
+  2 n d p, its Cholesky d^3 / 3 and solve 2 d^2 p, its test prediction 2 m d p; the classifier's
+  preconditioner d^3 / 3, its L-BFGS iterations (4 n d c each: logits and gradient) and its predictions
+  2 (n + m) d c; at the first evaluation, the ridge's cross-validation (eigh, about 4 d^3, and its
+  projections 2 d^2 p). A point with more features than images is solved in the dual (n and d swap in
+  the cubic and Gram terms). All at this machine's measured float32 matmul rate;
+- one forward pass per evaluated image (the classifier's train and test images, which include every
+  probe's) at the network's measured inference rate at probe.batch_size.
+
+Prints both, their ratio, and probing's share of the run's time (training plus probing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from phases.bench.training_step import matmul_rate
+from phases.config.compose import compose
+from phases.config.probe_schema import ClassifierSolver, ReconstructionSolver
+from phases.config.validation import RIDGE_BY_GCV
+from phases.training.data import ImageSplits, load_image_splits
+from phases.training.evaluation import point_counts, point_features
+from phases.training.features import batch_bounds
+from phases.training.models import build_model
+from phases.training.probes.classification import PLAIN_ITERATIONS, PRECONDITIONED_ITERATIONS
+from phases.training.schedule import evaluation_steps
+
+CONFIGURATIONS = {"default": [], "every point": ["probe.layers=null"]}
+FLOORED_PROBES = {"reconstruction", "linear", "sample_loss"}  # what the floor counts; sample_loss reads the logits
+
+
+@dataclass
+class Floor:
+    """One run's probing floor: the solves' FLOPs over all its evaluations, and the images passed."""
+
+    flops: float
+    images: int
+    evaluations: int
+
+    def seconds(self, flops_per_second: float, images_per_second: float) -> float:
+        return self.flops / flops_per_second + self.images / images_per_second
+
+
+def point_flops(features: int, images: int, test_images: int, pixels: int, classes: int, cfg: DictConfig,
+                first: bool) -> float:
+    """FLOPs of one evaluation's exact solves at one point (module docstring), for the enabled probes."""
+    # The primal system is features x features; the dual (more features than images), images x images.
+    size, other = (features, images) if features <= images else (images, features)
+    flops = 0.0
+    enabled = set(cfg.probe.enabled)
+    gram = size * size * other  # computed once per point, shared by the decoder and the classifier
+    if "reconstruction" in enabled:
+        flops += gram + 2 * images * features * pixels + size**3 / 3 + 2 * size**2 * pixels
+        flops += 2 * test_images * features * pixels
+        if first and cfg.probe.reconstruction.ridge == RIDGE_BY_GCV:
+            flops += 4 * size**3 + 2 * size**2 * pixels
+    if "linear" in enabled:
+        linear = cfg.probe.linear
+        preconditioned = linear.preconditioned and features <= images
+        if preconditioned:
+            flops += size**3 / 3 + (0 if "reconstruction" in enabled else gram)
+        iterations = linear.max_iterations or (PRECONDITIONED_ITERATIONS if preconditioned else PLAIN_ITERATIONS)
+        flops += iterations * 4 * images * features * classes + 2 * (images + test_images) * features * classes
+    return flops
+
+
+def probing_floor(cfg: DictConfig, splits: ImageSplits) -> Floor:
+    """The floor of a run of `cfg` on `splits` (the run's own dataset)."""
+    unfloored = set(cfg.probe.enabled) - FLOORED_PROBES
+    recipes = (cfg.probe.linear.solver != ClassifierSolver.lbfgs
+               or cfg.probe.reconstruction.solver != ReconstructionSolver.closed_form)
+    if unfloored or recipes:
+        raise ValueError(f"no floor for probes {sorted(unfloored)} or the recipe solvers: the floor counts the "
+                         f"default probes ({', '.join(sorted(FLOORED_PROBES))}) with their default solvers")
+    model = build_model(cfg.arch, splits.info)
+    image_shape = tuple(splits.train_images.shape[1:])
+    features = point_features(model, image_shape, cfg.probe)
+    train_counts, test_counts = point_counts(splits, cfg.probe, features)
+    classifier_train = min(len(splits.train_labels), max(cfg.probe.classifier_train_size, *train_counts.values()))
+    steps = evaluation_steps(cfg.schedule.max_steps)
+    pixels, classes = math.prod(image_shape), splits.info.classes
+    flops = sum(point_flops(features[point], train_counts[point], test_counts[point], pixels, classes, cfg, first)
+                for first in [True] + [False] * (len(steps) - 1) for point in features)
+    return Floor(flops, len(steps) * (classifier_train + len(splits.test_labels)), len(steps))
+
+
+def inference_rate(cfg: DictConfig, splits: ImageSplits, images: int = 4096, repeats: int = 3) -> float:
+    """Best-of images/s of the network's forward pass (logits only, eval mode) at probe.batch_size."""
+    model = build_model(cfg.arch, splits.info).eval()
+    batch = splits.train_images[:images]
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for start, end in batch_bounds(len(batch), cfg.probe.batch_size):
+                model(batch[start:end])
+            best = min(best, time.perf_counter() - started)
+    return len(batch) / best
+
+
+def measured_run(overrides: list[str], outputs: Path) -> dict:
+    """Run the configuration for real into `outputs`, a folder of its own (force=true: a benchmark measures,
+    it never reuses), and return its run.json."""
+    command = [sys.executable, "-m", "phases.run", f"paths.outputs={outputs}", "force=true", "progress=false",
+               *overrides]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    # The run just written is the newest there (earlier benchmarks with other overrides may lie beside it).
+    record = max((outputs / "runs").glob("*/run.json"), key=lambda path: path.stat().st_mtime)
+    return json.loads(record.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=None, help="schedule.max_steps (default: the default run's)")
+    parser.add_argument("--outputs", type=Path, default=Path("outputs"))
+    parser.add_argument("overrides", nargs="*", help="more run overrides, e.g. arch.width=0.5 (CPU runs only)")
+    arguments = parser.parse_args()
+    overrides = ["device=cpu", *arguments.overrides,
+                 *([f"schedule.max_steps={arguments.steps}"] if arguments.steps else [])]
+    outputs = (arguments.outputs / "bench" / "probing_floor").resolve()
+    records = {name: measured_run([*overrides, *extra], outputs / name.replace(" ", "_"))
+               for name, extra in CONFIGURATIONS.items()}
+    cfg = compose(overrides)
+    splits = load_image_splits(cfg.dataset, cfg.paths, cfg.seed, torch.device("cpu"))
+    flops_per_second, images_per_second = matmul_rate(torch.device("cpu")) * 1e9, inference_rate(cfg, splits)
+    print(f"probing floor: {cfg.arch.name} (width {cfg.arch.width:g}) on {cfg.dataset.name}, "
+          f"{cfg.schedule.max_steps} steps; cpu, {torch.get_num_threads()} threads: float32 matmul "
+          f"{flops_per_second / 1e9:.0f} GFLOP/s, forward pass {images_per_second:.0f} images/s")
+    header = (f"{'configuration':<13} {'points':>6} {'evals':>5} {'solve GFLOP':>11} {'images':>8} {'floor s':>8} "
+              f"{'probing s':>9} {'probing/floor':>13} {'share of run':>12}")
+    print(header)
+    print("-" * len(header))
+    for name, extra in CONFIGURATIONS.items():
+        run_cfg = compose([*overrides, *extra])
+        floor = probing_floor(run_cfg, splits)
+        record = records[name]
+        probing, training = record["probing_time_s"], record["training_time_s"]
+        points = len(point_features(build_model(run_cfg.arch, splits.info), tuple(splits.train_images.shape[1:]),
+                                    run_cfg.probe))
+        floor_seconds = floor.seconds(flops_per_second, images_per_second)
+        print(f"{name:<13} {points:>6} {floor.evaluations:>5} {floor.flops / 1e9:>11.0f} {floor.images:>8} "
+              f"{floor_seconds:>8.2f} {probing:>9.2f} {probing / floor_seconds:>12.2f}x "
+              f"{probing / (probing + training):>12.1%}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
