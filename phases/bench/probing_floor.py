@@ -4,8 +4,8 @@
     python -m phases.bench.probing_floor --steps 512 arch.width=0.5
 
 For each probing configuration (the default run's points, and every point: probe.layers=null) it runs
-the real run (`python -m phases.run`, the defaults plus the given overrides, into <outputs>/bench/) and
-sets the probing time the run records beside its floor:
+the real run (`python -m phases.run`, the defaults plus the given overrides, on the CPU, into
+<outputs>/bench/probing_floor/<configuration>/) and sets the probing time the run records beside its floor:
 
 - the FLOPs of the exact solves every evaluation needs, per probed point with d features, n training
   and m test images, p pixels and c classes: the centred Gram n d^2 (syrk), the decoder's cross-product
@@ -56,6 +56,7 @@ class Floor:
     flops: float
     images: int
     evaluations: int
+    points: int
 
     def seconds(self, flops_per_second: float, images_per_second: float) -> float:
         return self.flops / flops_per_second + self.images / images_per_second
@@ -101,7 +102,7 @@ def probing_floor(cfg: DictConfig, splits: ImageSplits) -> Floor:
     pixels, classes = math.prod(image_shape), splits.info.classes
     flops = sum(point_flops(features[point], train_counts[point], test_counts[point], pixels, classes, cfg, first)
                 for first in [True] + [False] * (len(steps) - 1) for point in features)
-    return Floor(flops, len(steps) * (classifier_train + len(splits.test_labels)), len(steps))
+    return Floor(flops, len(steps) * (classifier_train + len(splits.test_labels)), len(steps), len(features))
 
 
 def inference_rate(cfg: DictConfig, splits: ImageSplits, images: int = 4096, repeats: int = 3) -> float:
@@ -151,14 +152,10 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for name, extra in CONFIGURATIONS.items():
-        run_cfg = compose([*overrides, *extra])
-        floor = probing_floor(run_cfg, splits)
-        record = records[name]
-        probing, training = record["probing_time_s"], record["training_time_s"]
-        points = len(point_features(build_model(run_cfg.arch, splits.info), tuple(splits.train_images.shape[1:]),
-                                    run_cfg.probe))
+        floor = probing_floor(compose([*overrides, *extra]), splits)
+        probing, training = records[name]["probing_time_s"], records[name]["training_time_s"]
         floor_seconds = floor.seconds(flops_per_second, images_per_second)
-        print(f"{name:<13} {points:>6} {floor.evaluations:>5} {floor.flops / 1e9:>11.0f} {floor.images:>8} "
+        print(f"{name:<13} {floor.points:>6} {floor.evaluations:>5} {floor.flops / 1e9:>11.0f} {floor.images:>8} "
               f"{floor_seconds:>8.2f} {probing:>9.2f} {probing / floor_seconds:>12.2f}x "
               f"{probing / (probing + training):>12.1%}", flush=True)
 
