@@ -39,7 +39,7 @@ from phases.config.compose import compose
 from phases.config.probe_schema import ClassifierSolver, ReconstructionSolver
 from phases.config.validation import RIDGE_BY_GCV
 from phases.training.data import ImageSplits, load_image_splits
-from phases.training.evaluation import point_counts, point_features
+from phases.training.evaluation import evaluation_sets, point_features
 from phases.training.features import batch_bounds
 from phases.training.models import build_model
 from phases.training.probes.classification import PLAIN_ITERATIONS, PRECONDITIONED_ITERATIONS
@@ -96,13 +96,15 @@ def probing_floor(cfg: DictConfig, splits: ImageSplits) -> Floor:
     model = build_model(cfg.arch, splits.info)
     image_shape = tuple(splits.train_images.shape[1:])
     features = point_features(model, image_shape, cfg.probe)
-    train_counts, test_counts = point_counts(splits, cfg.probe, features)
-    classifier_train = min(len(splits.train_labels), max(cfg.probe.classifier_train_size, *train_counts.values()))
+    # The images an evaluation passes and each point's probes read, as the run's Evaluator draws them.
+    sets = evaluation_sets(splits, cfg.probe, cfg.seed, features)
+    train, test = sets["train"], sets["test"]
     steps = evaluation_steps(cfg.schedule.max_steps)
     pixels, classes = math.prod(image_shape), splits.info.classes
-    flops = sum(point_flops(features[point], train_counts[point], test_counts[point], pixels, classes, cfg, first)
+    flops = sum(point_flops(features[point], train.point_counts[point], test.point_counts[point], pixels, classes,
+                            cfg, first)
                 for first in [True] + [False] * (len(steps) - 1) for point in features)
-    return Floor(flops, len(steps) * (classifier_train + len(splits.test_labels)), len(steps), len(features))
+    return Floor(flops, len(steps) * (len(train.images) + len(test.images)), len(steps), len(features))
 
 
 def inference_rate(cfg: DictConfig, splits: ImageSplits, images: int = 4096, repeats: int = 3) -> float:
