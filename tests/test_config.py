@@ -233,3 +233,51 @@ def test_runs_per_device_puts_that_many_runs_on_each_gpu_or_each_group_of_cores(
     assert cfg.hydra.launcher.max_parallel_jobs == 3 * max(1, os.cpu_count() // CPU_CORES_PER_LOCAL_JOB)
     with pytest.raises(ValueError, match="runs_per_device=0"):
         LocalLauncher(max_parallel_jobs=1, runs_per_device=0, submitit_folder="unused")
+
+
+def test_a_run_group_runs_each_call_in_its_own_process_and_requeues_as_one(monkeypatch, caplog):
+    """hydra/launcher=slurm with runs_per_device=k: map_array gets the runs k to a job (a RunGroup), and the
+    plugin still sees one result per run, in order; the group's processes share the job's cores."""
+    import os
+
+    import submitit
+
+    from hydra_plugins.phases_launcher import SlurmLauncher, jobs_handed_back
+
+    def report(run: str) -> tuple[str, int, str]:
+        if run == "killed":
+            os._exit(9)
+        return run, os.getpid(), os.environ["OMP_NUM_THREADS"]
+
+    class FinishedJob:  # a submitit job run here, at once
+        def __init__(self, function, argument):
+            self.result = function(argument)
+
+        def results(self):
+            return [self.result]
+
+    submitted = []
+
+    def map_array(executor, function, *iterables):
+        submitted.append((function, iterables))
+        return [FinishedJob(function, *arguments) for arguments in zip(*iterables, strict=True)]
+
+    monkeypatch.setattr(submitit.AutoExecutor, "map_array", map_array)
+    monkeypatch.setenv("OMP_NUM_THREADS", "unset below")  # so that the group's setdefault is undone afterwards
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    with jobs_handed_back(wait=True, runs_per_job=2):
+        jobs = submitit.AutoExecutor.map_array(None, report, ["a", "b", "c", "killed"])
+    ((group, (calls,)),) = submitted
+    # By name: Hydra's plugin scan may load the plugin's modules a second time, as other class objects.
+    assert type(group).__name__ == "RunGroup" and calls == [[("a",), ("b",)], [("c",), ("killed",)]]
+    assert all(type(job).__name__ == "HandedBackJob" for job in jobs)
+    *results, killed = [job.results()[0] for job in jobs]
+    # A run whose process died is reported like a job that died; its group's other run is unaffected.
+    assert type(killed).__name__ == "JobReturn" and "ended with exit code 9" in caplog.text
+    assert [run for run, _, _ in results] == ["a", "b", "c"]
+    assert len({pid for _, pid, _ in results}) == 3 and os.getpid() not in {pid for _, pid, _ in results}
+    assert results[0][2] == str(max(1, len(os.sched_getaffinity(0)) // 2))  # the job's cores split in two
+    requeued = group.checkpoint(calls[0])
+    assert requeued.function is group and requeued.args == (calls[0],)
+    with pytest.raises(ValueError, match="runs_per_device=0"):
+        SlurmLauncher(runs_per_device=0, submitit_folder="unused")

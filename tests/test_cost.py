@@ -107,3 +107,14 @@ def test_a_dry_run_estimates_each_job_once_calibrated_and_the_sweep_reports_how_
 
     done = sweep(sweep_file, "--dry-run", "--estimate", data_dir=data_dir)
     assert "3 done" in done.stdout and "0 jobs to run" in done.stdout
+
+
+def test_the_estimate_gives_slurm_device_hours_for_runs_packed_per_device(tmp_path, capsys):
+    slurm = cost.Launch(1, None, "slurm", per_device=4)
+    cost.print_estimate({tmp_path / "a": (3600.0, slurm), tmp_path / "b": (3600.0, slurm)})
+    printed = capsys.readouterr().out
+    assert "2 jobs to run" in printed and "2.00 run-hours" in printed
+    assert "hold 2.00 device-hours run alone, or down to 0.50 with 4 runs per device" in printed
+    packed = ["hydra/launcher=slurm", "hydra.launcher.runs_per_device=4"]
+    launch = cost.launch_of([cost.Job(packed, tmp_path, None)], {})
+    assert launch == cost.Launch(1, None, "slurm", 4)

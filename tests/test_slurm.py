@@ -121,3 +121,27 @@ def test_a_requeued_job_resumes_to_the_uninterrupted_metrics(slurm, resume_data_
     assert record["status"] == "done" and record["resumed_from_step"] is not None
     resumed = pq.read_table(folder / "metrics.parquet").to_pandas().sort_values(KEY).reset_index(drop=True)
     assert_same_metrics(resumed, uninterrupted)
+
+
+def test_runs_per_device_packs_two_runs_into_one_job_and_a_preempted_group_resumes(slurm, resume_data_dir,
+                                                                                uninterrupted, tmp_path):
+    """hydra.launcher.runs_per_device=2: two seeds in one SLURM job, each in its own process. Preempted
+    through submitit's path (USR2 -> the group's checkpoint() -> requeue, then SIGTERM to every process),
+    both runs checkpoint, the requeued job resumes both, and seed 0 ends with its solo run's metrics."""
+    outputs = tmp_path / "outputs"
+    process = sweep_on_slurm(resume_data_dir, outputs, "seed=0,1", "hydra.launcher.runs_per_device=2")
+    while steps_written(outputs) < 4 and process.poll() is None:
+        time.sleep(0.05)
+    jobs = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    assert len(jobs) == 1, f"two runs, one job expected in the queue: {jobs}"
+    subprocess.run(["scancel", "--signal=USR2", jobs[0]], check=True)
+    start_requeued_job_now(jobs[0], process)
+    assert process.wait(timeout=900) == 0, process.stderr.read()[-3000:]
+    folders = sorted((outputs / "runs").iterdir())
+    records = [json.loads((folder / "run.json").read_text()) for folder in folders]
+    assert [record["status"] for record in records] == ["done", "done"]
+    assert len({record["slurm_job_id"] for record in records}) == 1  # the same SLURM job ran both
+    assert any(record["resumed_from_step"] is not None for record in records)
+    (seed_0,) = [folder for folder in folders if "-s0-" in folder.name]
+    resumed = pq.read_table(seed_0 / "metrics.parquet").to_pandas().sort_values(KEY).reset_index(drop=True)
+    assert_same_metrics(resumed, uninterrupted)

@@ -50,6 +50,9 @@ class PhasesSlurmQueueConf(SlurmQueueConf):
     # false: submit the jobs, print their ids and logs, and return (a login-node session need not outlive
     # them); `python -m phases.status` shows their progress. true: wait for every job and sum them up.
     wait: bool = True
+    # Runs packed into one SLURM job, sharing its GPU, cores (cpus_per_task) and memory (mem_gb), each its
+    # own process: SLURM gives every job a GPU of its own, which one small network leaves mostly idle.
+    runs_per_device: int = 1
 
 
 def register() -> None:

@@ -115,6 +115,7 @@ class Launch(NamedTuple):
     parallel: int
     threads: int | None
     where: str  # "here" (this machine's processes) or "slurm"
+    per_device: int = 1  # SLURM: runs packed into one job, sharing its device (hydra.launcher.runs_per_device)
 
 
 def launch_of(jobs: list[Job], environment: dict[str, str]) -> Launch:
@@ -124,7 +125,7 @@ def launch_of(jobs: list[Job], environment: dict[str, str]) -> Launch:
     launcher = compose(jobs[0].overrides, hydra_config=True).hydra.launcher
     target = str(launcher.get("_target_", ""))
     if target.endswith("SlurmLauncher"):
-        return Launch(1, threads, "slurm")
+        return Launch(1, threads, "slurm", int(launcher.get("runs_per_device", 1)))
     if target.endswith("LocalLauncher"):
         parallel = int(launcher.max_parallel_jobs)
         return Launch(parallel, threads or max(1, (os.cpu_count() or 1) // parallel), "here")
@@ -175,7 +176,8 @@ def estimate(groups: list[list[Job]], environment: dict[str, str],
 
 
 def print_estimate(estimates: dict[Path, tuple[float, Launch]]) -> None:
-    """The sweep's total in run-hours and, for the jobs run on this machine, its wall time here."""
+    """The sweep's total in run-hours; for the jobs run on this machine, its wall time here; for SLURM's,
+    the device-hours they hold, between run-hours / runs_per_device and run-hours."""
     where = machine("auto")
     total = sum(seconds for seconds, _ in estimates.values())
     here = [(seconds, launch) for seconds, launch in estimates.values() if launch.where == "here"]
@@ -186,4 +188,17 @@ def print_estimate(estimates: dict[Path, tuple[float, Launch]]) -> None:
           f"run time ({total / 3600:.2f} run-hours, as each configuration ran alone when calibrated)"
           + (f"; wall time here about {duration(wall)} with {'/'.join(map(str, runs_at_once))} at once"
              if here else "")
-          + ("; on SLURM the wall time depends on the queue" if len(here) < len(estimates) else ""))
+          + (slurm_cost([(seconds, launch) for seconds, launch in estimates.values() if launch.where == "slurm"])))
+
+
+def slurm_cost(jobs: list[tuple[float, Launch]]) -> str:
+    if not jobs:
+        return ""
+    alone = sum(seconds for seconds, _ in jobs) / 3600
+    shared = sum(seconds / launch.per_device for seconds, launch in jobs) / 3600
+    packed = sorted({launch.per_device for _, launch in jobs if launch.per_device > 1})
+    # Packed runs slow each other by how much they contend for the device: measured by
+    # phases.bench.sweep_throughput, not known here, so both ends are given.
+    return (f"; on SLURM the wall time depends on the queue, and the jobs hold {alone:.2f} device-hours"
+            + (f" run alone, or down to {shared:.2f} with {'/'.join(map(str, packed))} runs per device if "
+               "they do not slow each other" if packed else ""))
