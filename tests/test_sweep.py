@@ -25,7 +25,7 @@ def test_every_sweep_file_lists_its_jobs_without_running_them(name, tmp_path):
                    data_dir=tmp_path)
     assert result.returncode == 0, result.stderr
     expected = {"smoke": 2, "cpu_repro": 9, "paper_phases": 48, "paper_transfer": 12, "probe_convergence": 4,
-                "probe_agreement": 3, "theory": 54, "class_transfer": 3, "cpu_paper": 6,
+                "probe_agreement": 3, "theory": 54, "class_transfer": 3, "cpu_paper": 9,
                 "representation": 9}[name]
     assert f"{expected} jobs" in result.stdout
     assert result.stdout.count("  pending ") == expected
