@@ -114,3 +114,14 @@ def test_wide_points_are_probed_on_images_in_proportion_to_their_features():
               training_batch_size=32)()
     # block5 now gets max(100, 1 x 128) = 128 images: the first 100 of them are the same.
     assert whole.seen["block1"][1] == 1200 and torch.equal(whole.images["block5"][:100], narrow_images)
+
+
+def test_the_divergence_check_finds_any_nan_or_infinity_in_the_activations():
+    from phases.training.evaluation import all_finite
+
+    activations = torch.randn(300, 70)
+    assert all_finite(activations) and all_finite(torch.empty(0, 70))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        spoiled = activations.clone()
+        spoiled[123, 45] = bad
+        assert not all_finite(spoiled), bad
