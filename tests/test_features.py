@@ -125,3 +125,27 @@ def test_the_divergence_check_finds_any_nan_or_infinity_in_the_activations():
         spoiled = activations.clone()
         spoiled[123, 45] = bad
         assert not all_finite(spoiled), bad
+
+
+def test_an_evaluation_does_not_depend_on_probe_batch_size():
+    """probe.batch_size is outside the run id (speed only), so it must not change a number: PreciseBN's
+    calibration batches, whose size its statistics depend on, do not follow it."""
+    from phases.training.data import ImageSplits
+    from phases.training.evaluation import Evaluator
+    from phases.training.probes.reconstruction import ClosedFormReconstruction
+
+    generator = torch.Generator().manual_seed(0)
+    splits = ImageSplits(torch.randn(600, 1, 32, 32, generator=generator), torch.arange(600) % 10,
+                         torch.randn(200, 1, 32, 32, generator=generator), torch.arange(200) % 10,
+                         DatasetInfo(1, 10, 32), source="generated")
+    rows = {}
+    for batch_size in (64, 500):
+        probe_cfg = OmegaConf.create({"layers": ["block3", "block5"], "train_size": 400, "test_size": 100,
+                                      "min_images_per_feature": 0, "classifier_train_size": 400,
+                                      "batch_size": batch_size, "spatial_pool": None, "bn_mode": "precise_eval",
+                                      "calibration_size": 400, "enabled": [],
+                                      "sample_loss": {"quantiles": [0.5], "worst_fractions": [0.1]}})
+        evaluator = Evaluator(trained_a_little(), {"own": splits}, [ClosedFormReconstruction(1e-3)], probe_cfg,
+                              seed=0, training_batch_size=32)
+        rows[batch_size] = [row["value"] for row in evaluator()]
+    assert rows[64] == pytest.approx(rows[500], rel=1e-4)

@@ -21,7 +21,7 @@ from phases.config.probe_schema import BatchNormMode
 from phases.config.validation import ConfigError
 from phases.training.data import ImageSplits, subset_generator
 from phases.training.device import autocast
-from phases.training.features import collect_activations, frozen, pooled_shape
+from phases.training.features import CALIBRATION_BATCH_SIZE, collect_activations, frozen, pooled_shape
 from phases.training.models import ProbedNetwork
 from phases.training.output_metrics import OUTPUT_METRICS, build_output_metrics, classifier_measurements
 from phases.training.probes import OWN_DATASET, PROBES, Probe, ProbeData
@@ -212,7 +212,7 @@ class Evaluator:
         show(EvaluationStage("activations"))
         own_sets = self.sets[OWN_DATASET]
         calibration = own_sets["train"].images[: min(own_sets["train"].probe_count, self.calibration_size)]
-        with autocast(calibration.device), frozen(self.model, self.bn_mode, calibration, self.batch_size):
+        with autocast(calibration.device), frozen(self.model, self.bn_mode, calibration, CALIBRATION_BATCH_SIZE):
             passes = {name: {split: self._pass(evaluation_set) for split, evaluation_set in sets.items()}
                       for name, sets in self.sets.items()}
         for split, activations in passes[OWN_DATASET].items():

@@ -22,6 +22,11 @@ def batch_bounds(count: int, batch_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
+# PreciseBN averages the statistics of its batches, so their size is part of what it measures (the variance of
+# the batch means is left out): fixed here, not probe.batch_size, a speed-only setting outside the run ids.
+CALIBRATION_BATCH_SIZE = 256
+
+
 @contextmanager
 def frozen(model: nn.Module, bn_mode: BatchNormMode, calibration_images: torch.Tensor,
            batch_size: int) -> Iterator[None]:
