@@ -138,6 +138,9 @@ def main() -> None:
     parser.add_argument("--outputs", type=Path, default=Path("outputs"))
     parser.add_argument("overrides", nargs="*", help="more run overrides, e.g. arch.width=0.5 (CPU runs only)")
     arguments = parser.parse_args()
+    if any(override.split("=")[0].lstrip("+~") == "paths.outputs" for override in arguments.overrides):
+        # The runs go to <--outputs>/bench/probing_floor/<configuration>/, where their records are read back.
+        parser.error("paths.outputs is set by --outputs here (the runs go under <outputs>/bench/probing_floor/)")
     overrides = ["device=cpu", *arguments.overrides,
                  *([f"schedule.max_steps={arguments.steps}"] if arguments.steps else [])]
     outputs = (arguments.outputs / "bench" / "probing_floor").resolve()
