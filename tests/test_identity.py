@@ -8,14 +8,16 @@ from phases.config import schema
 from phases.config.compose import compose
 from phases.store.identity import result_settings, run_id
 
-# The default run's id since the classifier probe's L-BFGS is preconditioned (issue 16); a change here re-runs
-# every finished default run. Before it, from issue 14 on (the published script's resize, the ridge chosen by
-# generalised cross-validation, wide points probed on 4 images per feature), ISSUE_14_RUN_ID; before those
-# (issue 11 on), the default run resized bilinearly with a ridge of 1e-3.
-DEFAULT_RUN_ID = "fashion_mnist-vgg8-sgd-s0-b08cf61b"
+# The default run's id since PreciseBN's statistics come from one batch (issue 16: probe.bn_mode=precise_eval
+# revision 2, which changed every precise_eval run's id, these three included); a change here re-runs every
+# finished default run. With the classifier probe's L-BFGS not preconditioned (as before issue 16),
+# ISSUE_14_RUN_ID (the published script's resize, the ridge chosen by generalised cross-validation, wide
+# points probed on 4 images per feature); with the issue 11 settings, a bilinear resize and a ridge of 1e-3,
+# BILINEAR_RUN_ID.
+DEFAULT_RUN_ID = "fashion_mnist-vgg8-sgd-s0-f1067016"
 BEFORE_ISSUE_16 = ["probe.linear.preconditioned=false"]
-ISSUE_14_RUN_ID = "fashion_mnist-vgg8-sgd-s0-eace3c6f"
-BILINEAR_RUN_ID = "fashion_mnist-vgg8-sgd-s0-f6f4b350"
+ISSUE_14_RUN_ID = "fashion_mnist-vgg8-sgd-s0-6b3c6d97"
+BILINEAR_RUN_ID = "fashion_mnist-vgg8-sgd-s0-7167c6b3"
 BEFORE_ISSUE_14 = [*BEFORE_ISSUE_16, "dataset.resize=bilinear", "probe.reconstruction.ridge=0.001",
                    "probe.min_images_per_feature=0"]
 
@@ -91,6 +93,9 @@ def test_a_name_that_came_to_mean_another_network_is_hashed_with_its_revision():
     """arch=vgg11 was the standard VGG-11 and is now the published script's: its runs get new ids."""
     assert result_settings(compose(["arch=vgg11"]))["arch.name@revision"] == 2
     assert "arch.name@revision" not in result_settings(compose(["arch=vgg11_bn"]))
+    # PreciseBN's statistics from one batch, no longer averaged over batches (issue 16): every precise_eval run.
+    assert result_settings(compose())["probe.bn_mode@revision"] == 2
+    assert "probe.bn_mode@revision" not in result_settings(compose(["probe.bn_mode=train"]))
 
 
 def test_the_hashed_settings_name_what_is_built():
@@ -98,5 +103,5 @@ def test_the_hashed_settings_name_what_is_built():
                                           "dataset.mean": [0.281], "dataset.std": [0.352], "arch.name": "vgg8",
                                           "optimizer._target_": "torch.optim.SGD",
                                           "probe.reconstruction.ridge": "gcv", "probe.min_images_per_feature": 4.0,
-                                          "probe.linear.preconditioned": True}
+                                          "probe.linear.preconditioned": True, "probe.bn_mode@revision": 2}
     assert result_settings(compose(["probe.bn_mode=train"]))["probe.bn_mode"] == "train"

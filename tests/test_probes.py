@@ -203,7 +203,7 @@ def real_block_activations(real_fashion_mnist, tmp_path_factory):
     shapes = model.probe_shapes((1, 32, 32))
     data = {}
     # The default extraction (precise_eval): at initialisation plain eval mode gives tiny activations.
-    with frozen(model, "precise_eval", splits.train_images, batch_size=500):
+    with frozen(model, "precise_eval", splits.train_images):
         for split, images, labels in (("train", splits.train_images, splits.train_labels),
                                       ("test", splits.test_images, splits.test_labels)):
             features = collect_activations(model, images, ["block3", "block5"], batch_size=500)

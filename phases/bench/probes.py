@@ -86,7 +86,7 @@ def main() -> None:
     data = {}
     train_rows, test_rows = train_rows.to(device), test_rows.to(device)
     calibration = splits.train_images[train_rows[:2000]]
-    with autocast(device), frozen(model, BatchNormMode.precise_eval, calibration, batch_size=256):
+    with autocast(device), frozen(model, BatchNormMode.precise_eval, calibration):
         for split, images, labels in (("train", splits.train_images[train_rows], splits.train_labels[train_rows]),
                                       ("test", splits.test_images[test_rows], splits.test_labels[test_rows])):
             features = collect_activations(model, images, list(LAYERS), batch_size=256)

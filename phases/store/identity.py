@@ -45,6 +45,9 @@ BEHAVIOUR_BEFORE_THE_KEY = {
 REVISIONS = {
     # issue 14: the published script's strided networks; the standard VGGs became vgg11_bn, ...
     ("arch.name", "vgg11"): 2, ("arch.name", "vgg13"): 2, ("arch.name", "vgg16"): 2,
+    # issue 16: PreciseBN's statistics from its images in one batch (exact, and shared with their extraction),
+    # no longer averaged over batches of probe.batch_size
+    ("probe.bn_mode", "precise_eval"): 2,
 }
 
 

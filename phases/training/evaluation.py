@@ -21,7 +21,7 @@ from phases.config.probe_schema import BatchNormMode
 from phases.config.validation import ConfigError
 from phases.training.data import ImageSplits, subset_generator
 from phases.training.device import autocast
-from phases.training.features import CALIBRATION_BATCH_SIZE, collect_activations, frozen, pooled_shape
+from phases.training.features import collect_activations, frozen, pooled_shape
 from phases.training.models import ProbedNetwork
 from phases.training.output_metrics import OUTPUT_METRICS, build_output_metrics, classifier_measurements
 from phases.training.probes import OWN_DATASET, PROBES, Probe, ProbeData
@@ -177,13 +177,14 @@ class Evaluator:
         # Batch statistics depend on the batch: extract with the training batch size, as the script does.
         self.batch_size = training_batch_size if self.bn_mode == BatchNormMode.train else probe_cfg.batch_size
 
-    def _pass(self, split: EvaluationSet) -> Activations:
-        """The probe images' activations at every probed point, and logits for all of the set's images."""
+    def _pass(self, split: EvaluationSet, calibration: int = 0) -> Activations:
+        """The probe images' activations at every probed point, and logits for all of the set's images;
+        with `calibration`, its first images set BatchNorm's statistics as they pass (precise_eval)."""
         probed_images = split.images[: split.probe_count]
         # Each point keeps only the rows its probes read; the logits, all of them (the classifier's own metrics).
         counts = {**split.point_counts, "logits": split.probe_count}
         activations = collect_activations(self.model, probed_images, list(counts), self.batch_size, self.spatial_pool,
-                                          counts)
+                                          counts, calibration)
         logits = activations["logits"]
         if split.probe_count < len(split.images):
             rest = collect_activations(self.model, split.images[split.probe_count :], ["logits"], self.batch_size)
@@ -211,10 +212,14 @@ class Evaluator:
         """
         show(EvaluationStage("activations"))
         own_sets = self.sets[OWN_DATASET]
-        calibration = own_sets["train"].images[: min(own_sets["train"].probe_count, self.calibration_size)]
-        with autocast(calibration.device), frozen(self.model, self.bn_mode, calibration, CALIBRATION_BATCH_SIZE):
-            passes = {name: {split: self._pass(evaluation_set) for split, evaluation_set in sets.items()}
-                      for name, sets in self.sets.items()}
+        # PreciseBN's statistics come from the first probe training images, in the pass that extracts them,
+        # which therefore goes first: no image goes through the network twice.
+        calibration = (min(own_sets["train"].probe_count, self.calibration_size)
+                       if self.bn_mode == BatchNormMode.precise_eval else 0)
+        with autocast(own_sets["train"].images.device), frozen(self.model, self.bn_mode):
+            first = self._pass(own_sets["train"], calibration)
+            passes = {name: {split: first if (name, split) == (OWN_DATASET, "train") else self._pass(evaluation_set)
+                             for split, evaluation_set in sets.items()} for name, sets in self.sets.items()}
         for split, activations in passes[OWN_DATASET].items():
             for layer, data in activations.probe_data.items():
                 # Diverged weights can give inf activations before the training loss is read as NaN:
