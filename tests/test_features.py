@@ -22,6 +22,24 @@ def buffers(model):
     return {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
 
+def generated_splits(train: int, test: int):
+    """Random images and cycling labels in a dataset's split form, for Evaluator tests."""
+    from phases.training.data import ImageSplits
+
+    generator = torch.Generator().manual_seed(0)
+    return ImageSplits(torch.randn(train, 1, 32, 32, generator=generator), torch.arange(train) % 10,
+                       torch.randn(test, 1, 32, 32, generator=generator), torch.arange(test) % 10,
+                       DatasetInfo(1, 10, 32), source="generated")
+
+
+def probe_settings(**changes):
+    """The probe settings an Evaluator reads, at test sizes; `changes` override them."""
+    return OmegaConf.create({"layers": ["block3", "block5"], "train_size": 400, "test_size": 100,
+                             "min_images_per_feature": 0, "classifier_train_size": 400, "batch_size": 64,
+                             "spatial_pool": None, "bn_mode": "precise_eval", "calibration_size": 400, "enabled": [],
+                             "sample_loss": {"quantiles": [0.5], "worst_fractions": [0.1]}, **changes})
+
+
 @pytest.mark.parametrize("bn_mode", ["precise_eval", "eval", "train"])
 def test_extraction_leaves_the_training_state_untouched(bn_mode):
     model = trained_a_little()
@@ -92,18 +110,12 @@ class ShapeRecorder:
 
 
 def test_wide_points_are_probed_on_images_in_proportion_to_their_features():
-    from phases.training.data import ImageSplits
     from phases.training.evaluation import Evaluator
 
     model = trained_a_little()  # width 0.25: block1 is 8 x 16 x 16 = 2048 features, block5 128
-    generator = torch.Generator().manual_seed(0)
-    splits = ImageSplits(torch.randn(1200, 1, 32, 32, generator=generator), torch.arange(1200) % 10,
-                         torch.randn(300, 1, 32, 32, generator=generator), torch.arange(300) % 10,
-                         DatasetInfo(1, 10, 32), source="generated")
-    probe_cfg = OmegaConf.create({"layers": ["block1", "block5"], "train_size": 100, "test_size": 50,
-                                  "min_images_per_feature": 0.25, "classifier_train_size": 10, "batch_size": 64,
-                                  "spatial_pool": None, "bn_mode": "precise_eval", "calibration_size": 50,
-                                  "sample_loss": {"quantiles": [0.5], "worst_fractions": [0.1]}, "enabled": []})
+    splits = generated_splits(1200, 300)
+    probe_cfg = probe_settings(layers=["block1", "block5"], train_size=100, test_size=50, min_images_per_feature=0.25,
+                               classifier_train_size=10, calibration_size=50)
     recorder = ShapeRecorder()
     Evaluator(model, {"own": splits}, [recorder], probe_cfg, seed=0, training_batch_size=32)()
     # block1: 0.25 x 2048 = 512 images; block5: max(train_size 100, 0.25 x 128 = 32).
@@ -132,23 +144,14 @@ def test_the_divergence_check_finds_any_nan_or_infinity_in_the_activations():
 def test_an_evaluation_does_not_depend_on_probe_batch_size():
     """probe.batch_size is outside the run id (speed only), so it must not change a number: PreciseBN's
     calibration batches, whose size its statistics depend on, do not follow it."""
-    from phases.training.data import ImageSplits
     from phases.training.evaluation import Evaluator
     from phases.training.probes.reconstruction import ClosedFormReconstruction
 
-    generator = torch.Generator().manual_seed(0)
-    splits = ImageSplits(torch.randn(600, 1, 32, 32, generator=generator), torch.arange(600) % 10,
-                         torch.randn(200, 1, 32, 32, generator=generator), torch.arange(200) % 10,
-                         DatasetInfo(1, 10, 32), source="generated")
+    splits = generated_splits(600, 200)
     rows = {}
     for batch_size in (64, 500):
-        probe_cfg = OmegaConf.create({"layers": ["block3", "block5"], "train_size": 400, "test_size": 100,
-                                      "min_images_per_feature": 0, "classifier_train_size": 400,
-                                      "batch_size": batch_size, "spatial_pool": None, "bn_mode": "precise_eval",
-                                      "calibration_size": 400, "enabled": [],
-                                      "sample_loss": {"quantiles": [0.5], "worst_fractions": [0.1]}})
-        evaluator = Evaluator(trained_a_little(), {"own": splits}, [ClosedFormReconstruction(1e-3)], probe_cfg,
-                              seed=0, training_batch_size=32)
+        evaluator = Evaluator(trained_a_little(), {"own": splits}, [ClosedFormReconstruction(1e-3)],
+                              probe_settings(batch_size=batch_size), seed=0, training_batch_size=32)
         rows[batch_size] = [row["value"] for row in evaluator()]
     assert rows[64] == pytest.approx(rows[500], rel=1e-4)
 
@@ -157,20 +160,13 @@ def test_no_image_goes_through_the_network_twice_in_an_evaluation():
     """precise_eval's calibration images are the first probe training images, and the pass that extracts
     them sets BatchNorm's statistics: the network sees each image of the evaluation sets once, and their
     activations equal those of a separate calibration pass followed by an extraction in eval mode."""
-    from phases.training.data import ImageSplits
     from phases.training.evaluation import Evaluator
 
-    generator = torch.Generator().manual_seed(0)
-    splits = ImageSplits(torch.randn(600, 1, 32, 32, generator=generator), torch.arange(600) % 10,
-                         torch.randn(200, 1, 32, 32, generator=generator), torch.arange(200) % 10,
-                         DatasetInfo(1, 10, 32), source="generated")
-    probe_cfg = OmegaConf.create({"layers": ["block3", "block5"], "train_size": 400, "test_size": 100,
-                                  "min_images_per_feature": 0, "classifier_train_size": 500, "batch_size": 64,
-                                  "spatial_pool": None, "bn_mode": "precise_eval", "calibration_size": 300,
-                                  "enabled": [], "sample_loss": {"quantiles": [0.5], "worst_fractions": [0.1]}})
     model = trained_a_little()
     recorder = ShapeRecorder()
-    evaluator = Evaluator(model, {"own": splits}, [recorder], probe_cfg, seed=0, training_batch_size=32)
+    evaluator = Evaluator(model, {"own": generated_splits(600, 200)}, [recorder],
+                          probe_settings(classifier_train_size=500, calibration_size=300), seed=0,
+                          training_batch_size=32)
     passed = []
     hook = model.register_forward_pre_hook(lambda _module, inputs: passed.append(len(inputs[0])))
     evaluator()
