@@ -66,12 +66,12 @@ class RunGroup:
         try:
             succeeded, value = cloudpickle.loads(receiver.recv_bytes())
         except EOFError:  # killed, out of memory: it never answered
-            process.join()
-            succeeded, value = False, f"its process ended with exit code {process.exitcode}"
+            succeeded, value = False, None
         process.join()
         if succeeded:
             return value
-        log.error(f"a run of this job ended without a result: {value}")
+        reason = value if value is not None else f"its process ended with exit code {process.exitcode}"
+        log.error(f"a run of this job ended without a result: {reason}")
         # COMPLETED, as for a whole job that died (HandedBackJob): the sweep goes on; its summary reports it.
         return JobReturn(status=JobStatus.COMPLETED)
 
