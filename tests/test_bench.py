@@ -81,3 +81,4 @@ def test_probing_floor_runs_both_configurations_and_prints_floor_measured_and_sh
     assert int(rows["every point"][0]) > 2
     for row in rows.values():
         assert float(row[5]) > 0 and float(row[6].rstrip("x")) > 0 and 0 < float(row[7].rstrip("%")) < 100
+        assert 0 < float(row[8].rstrip("%")) < 100  # the share probing would have at its floor

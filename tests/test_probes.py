@@ -252,6 +252,24 @@ def test_the_default_classifier_ends_within_its_tolerance_of_the_optimum(real_bl
     assert abs(accuracy(predict) - accuracy(optimum_predict)) <= 0.005
 
 
+@pytest.mark.parametrize("preconditioned", [False, True], ids=["plain", "preconditioned"])
+def test_padding_the_weight_with_zero_columns_leaves_the_fit_unchanged(real_block_activations, monkeypatch,
+                                                                        preconditioned):
+    """The products run at MINIMUM_PRODUCT_COLUMNS columns for speed; the logits are those of the
+    unpadded weight, up to float32 rounding."""
+    from phases.training.probes import classification
+
+    train, test = real_block_activations["train"]["block3"], real_block_activations["test"]["block3"]
+    logits = {}
+    for columns in (classification.MINIMUM_PRODUCT_COLUMNS, 0):
+        monkeypatch.setattr(classification, "MINIMUM_PRODUCT_COLUMNS", columns)
+        classifier = LBFGSClassifier(l2=1e-2, preconditioned=preconditioned)
+        logits[columns] = classifier.fit(train.features, train.labels, 10, train.centred_gram)(test.features)
+    padded, plain = logits.values()
+    assert padded.shape == plain.shape == (len(test.labels), 10)
+    torch.testing.assert_close(padded, plain, rtol=1e-3, atol=1e-3)
+
+
 def test_preconditioning_brings_the_solve_closer_to_the_optimum_at_equal_iterations(real_block_activations):
     train = real_block_activations["train"]["block3"]
     optimum, _ = classifier_optimum(real_block_activations, "block3")

@@ -17,7 +17,8 @@ the real run (`python -m phases.run`, the defaults plus the given overrides, on 
 - one forward pass per evaluated image (the classifier's train and test images, which include every
   probe's) at the network's measured inference rate at probe.batch_size.
 
-Prints both, their ratio, and probing's share of the run's time (training plus probing).
+Prints both, their ratio, probing's share of the run's time (training plus probing), and the share it
+would have at its floor: the least any probing implementation could reach at these settings on this machine.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def main() -> None:
           f"{cfg.schedule.max_steps} steps; cpu, {torch.get_num_threads()} threads: float32 matmul "
           f"{flops_per_second / 1e9:.0f} GFLOP/s, forward pass {images_per_second:.0f} images/s")
     header = (f"{'configuration':<13} {'points':>6} {'evals':>5} {'solve GFLOP':>11} {'images':>8} {'floor s':>8} "
-              f"{'probing s':>9} {'probing/floor':>13} {'share of run':>12}")
+              f"{'probing s':>9} {'probing/floor':>13} {'share of run':>12} {'at floor':>8}")
     print(header)
     print("-" * len(header))
     for name, extra in CONFIGURATIONS.items():
@@ -162,7 +163,8 @@ def main() -> None:
         floor_seconds = floor.seconds(flops_per_second, images_per_second)
         print(f"{name:<13} {floor.points:>6} {floor.evaluations:>5} {floor.flops / 1e9:>11.0f} {floor.images:>8} "
               f"{floor_seconds:>8.2f} {probing:>9.2f} {probing / floor_seconds:>12.2f}x "
-              f"{probing / (probing + training):>12.1%}", flush=True)
+              f"{probing / (probing + training):>12.1%} {floor_seconds / (floor_seconds + training):>8.1%}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -42,15 +42,16 @@ def fit_ridge(features: torch.Tensor, targets: torch.Tensor, ridge: float,
     Xc^T Xc when the caller has it (ProbeData.centred_gram, shared with the other probes of the point).
     """
     feature_mean, target_mean = features.mean(0), targets.mean(0)
-    centred = features - feature_mean
-    images, dimension = centred.shape
+    images, dimension = features.shape
     primal = dimension <= images
+    centred_targets = targets - target_mean
     cholesky = None
     # The Gram matrix is the costly product: float32 first, solved in float64. A tiny relative ridge
     # can leave float32 rounding errors larger than the penalty (Cholesky fails): redo it in float64.
     for dtype in (torch.float32, torch.float64):
-        matrix = centred.to(dtype)
         shared = primal and dtype == torch.float32 and centred_gram is not None
+        # The centred copy of the activations only when this solve computes its own Gram.
+        matrix = None if shared else (features - feature_mean).to(dtype)
         gram = centred_gram.clone() if shared else symmetric_gram(matrix if primal else matrix.T).double()
         penalty = ridge * gram.diagonal().sum() / dimension + torch.finfo(torch.float64).tiny
         gram.diagonal().add_(penalty)
@@ -63,18 +64,19 @@ def fit_ridge(features: torch.Tensor, targets: torch.Tensor, ridge: float,
     # costly as the Gram: primal, ||Yc||^2 - <W, Xc^T Yc> - lambda ||W||^2 (as (G + lambda I) W = Xc^T Yc);
     # dual, the residual Yc - Xc W equals lambda A with A = (K + lambda I)^-1 Yc.
     if primal:
-        # Xc^T Yc = Xc^T Y, since the columns of Xc sum to zero: no centred copy of the targets.
-        cross = (centred.T @ targets).double()
+        # Xc^T Yc = X^T Yc, since the columns of Yc sum to zero: no centred copy of the activations, whose
+        # Gram the caller usually has already.
+        cross = (features.T @ centred_targets).double()
         weight = torch.cholesky_solve(cross, cholesky)
-        flat_targets = targets.reshape(-1)
-        target_energy = torch.dot(flat_targets, flat_targets).double() - images * target_mean.double().square().sum()
+        flat_targets = centred_targets.reshape(-1)
+        target_energy = torch.dot(flat_targets, flat_targets).double()
         squared_error = target_energy - (weight * cross).sum() - penalty * weight.square().sum()
         weight = weight.float()
     else:
-        dual_weight = torch.cholesky_solve((targets - target_mean).double(), cholesky)
+        dual_weight = torch.cholesky_solve(centred_targets.double(), cholesky)
         squared_error = penalty**2 * dual_weight.square().sum()
         # The (features x images) @ (images x outputs) product is as large as the Gram: keep it in float32.
-        weight = centred.T @ dual_weight.float()
+        weight = matrix.float().T @ dual_weight.float()
     return RidgeSolution(weight, target_mean - feature_mean @ weight, max(squared_error.item(), 0.0))
 
 
@@ -95,16 +97,16 @@ def gcv_ridge(features: torch.Tensor, targets: torch.Tensor, grid: torch.Tensor 
     degree of freedom.
     """
     # The products in float32 (as fit_ridge's), the eigendecomposition in float64: only a grid point is chosen.
-    centred, centred_targets = features - features.mean(0), targets - targets.mean(0)
-    images, dimension = centred.shape
+    centred_targets = targets - targets.mean(0)
+    images, dimension = features.shape
     if dimension <= images:
-        eigenvalues, vectors = torch.linalg.eigh(symmetric_gram(centred).double() if centred_gram is None
-                                                 else centred_gram)
-        # u_i^T Yc = v_i^T Xc^T Yc / s_i
-        cross = (centred.T @ centred_targets).double()
+        eigenvalues, vectors = torch.linalg.eigh(symmetric_gram(features - features.mean(0)).double()
+                                                 if centred_gram is None else centred_gram)
+        # u_i^T Yc = v_i^T Xc^T Yc / s_i, and Xc^T Yc = X^T Yc (as in fit_ridge)
+        cross = (features.T @ centred_targets).double()
         projections = (vectors.T @ cross).square().sum(1) / eigenvalues.clamp_min(1e-300)
     else:
-        eigenvalues, vectors = torch.linalg.eigh(symmetric_gram(centred.T).double())
+        eigenvalues, vectors = torch.linalg.eigh(symmetric_gram((features - features.mean(0)).T).double())
         projections = (vectors.T @ centred_targets.double()).square().sum(1)
     centred_targets = centred_targets.double()
     # Directions the Gram does not span (centring removes one; rounding leaves tiny negative ones) fit nothing.
