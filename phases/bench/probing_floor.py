@@ -2,6 +2,7 @@
 
     python -m phases.bench.probing_floor                    # part of `make bench`
     python -m phases.bench.probing_floor --steps 512 arch.width=0.5
+    python -m phases.bench.probing_floor --configurations default      # the default run only
 
 For each probing configuration (the default run's points, and every point: probe.layers=null) it runs
 the real run (`python -m phases.run`, the defaults plus the given overrides, on the CPU, into
@@ -137,6 +138,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=None, help="schedule.max_steps (default: the default run's)")
     parser.add_argument("--outputs", type=Path, default=Path("outputs"))
+    folders = {name.replace(" ", "_"): name for name in CONFIGURATIONS}  # on the command line and on disk
+    parser.add_argument("--configurations", nargs="+", choices=list(folders), default=list(folders),
+                        help="which to run (default: both; every_point takes about half an hour at width 1 here)")
     parser.add_argument("overrides", nargs="*", help="more run overrides, e.g. arch.width=0.5 (CPU runs only)")
     arguments = parser.parse_args()
     if any(override.split("=")[0].lstrip("+~") == "paths.outputs" for override in arguments.overrides):
@@ -145,8 +149,9 @@ def main() -> None:
     overrides = ["device=cpu", *arguments.overrides,
                  *([f"schedule.max_steps={arguments.steps}"] if arguments.steps else [])]
     outputs = (arguments.outputs / "bench" / "probing_floor").resolve()
-    records = {name: measured_run([*overrides, *extra], outputs / name.replace(" ", "_"))
-               for name, extra in CONFIGURATIONS.items()}
+    chosen = {folders[folder]: folder for folder in arguments.configurations}
+    records = {name: measured_run([*overrides, *CONFIGURATIONS[name]], outputs / folder)
+               for name, folder in chosen.items()}
     cfg = compose(overrides)
     splits = load_image_splits(cfg.dataset, cfg.paths, cfg.seed, torch.device("cpu"))
     flops_per_second, images_per_second = matmul_rate(torch.device("cpu")) * 1e9, inference_rate(cfg, splits)
@@ -157,8 +162,8 @@ def main() -> None:
               f"{'probing s':>9} {'probing/floor':>13} {'share of run':>12} {'at floor':>8}")
     print(header)
     print("-" * len(header))
-    for name, extra in CONFIGURATIONS.items():
-        floor = probing_floor(compose([*overrides, *extra]), splits)
+    for name in chosen:
+        floor = probing_floor(compose([*overrides, *CONFIGURATIONS[name]]), splits)
         probing, training = records[name]["probing_time_s"], records[name]["training_time_s"]
         floor_seconds = floor.seconds(flops_per_second, images_per_second)
         print(f"{name:<13} {floor.points:>6} {floor.evaluations:>5} {floor.flops / 1e9:>11.0f} {floor.images:>8} "
