@@ -68,8 +68,8 @@ def test_probing_floor_runs_both_configurations_and_prints_floor_measured_and_sh
     write_mnist_like(tmp_path / "data" / "FashionMNIST" / "raw", train=200, test=100)
     result = subprocess.run(
         [sys.executable, "-m", "phases.bench.probing_floor", "--steps", "4", "--outputs", str(tmp_path / "out"),
-         "--configurations", "every_point", "default", "arch.width=0.25", "probe.train_size=64", "probe.test_size=48", "probe.classifier_train_size=100",
-         "paths.system_data_dir=null"],
+         "--configurations", "every_point", "default", "arch.width=0.25", "probe.train_size=64",
+         "probe.test_size=48", "probe.classifier_train_size=100", "paths.system_data_dir=null"],
         cwd=REPOSITORY, env={**os.environ, "PHASES_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"},
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

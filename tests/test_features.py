@@ -1,3 +1,6 @@
+import math
+import re
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -37,6 +40,7 @@ def probe_settings(**changes):
     return OmegaConf.create({"layers": ["block3", "block5"], "train_size": 400, "test_size": 100,
                              "min_images_per_feature": 0, "classifier_train_size": 400, "batch_size": 64,
                              "spatial_pool": None, "bn_mode": "precise_eval", "calibration_size": 400, "enabled": [],
+                             "max_activation_gb": 8.0,
                              "sample_loss": {"quantiles": [0.5], "worst_fractions": [0.1]}, **changes})
 
 
@@ -177,3 +181,26 @@ def test_no_image_goes_through_the_network_twice_in_an_evaluation():
         separate = collect_activations(model, train.images[:400], ["block3", "block5"], batch_size=64)
     for point in ("block3", "block5"):
         assert torch.allclose(recorder.features[point], separate[point], rtol=1e-4, atol=1e-5)
+
+
+def test_the_calibration_batch_is_counted_before_training_and_refused_past_the_memory_limit():
+    """PreciseBN's one batch holds every layer's activations for all its images at once: estimated from one
+    image's largest layer, scaled by the batch, and refused (naming probe.calibration_size and how many
+    images fit) when it and the probed activations exceed probe.max_activation_gb."""
+    from phases.config.validation import ConfigError
+    from phases.training.evaluation import check_calibration_memory
+
+    model = build_model(OmegaConf.create({"name": "vgg8", "width": 0.25}), DatasetInfo(1, 10, 32))
+    splits = generated_splits(400, 100)
+    needed = check_calibration_memory(model, splits, probe_settings())
+    block1 = math.prod(model.probe_shapes((1, 32, 32))["block1"])
+    assert needed >= 400 * block1 * 4 / 1e9  # at least the first block's output for every image
+    assert check_calibration_memory(model, splits, probe_settings(calibration_size=200)) == pytest.approx(needed / 2)
+    assert check_calibration_memory(model, splits, probe_settings(bn_mode="eval")) == 0.0  # no calibration pass
+    with pytest.raises(ConfigError, match=r"probe.calibration_size=400 is invalid: PreciseBN passes its 400 "
+                                          r"calibration images as one batch.*at most (\d+) images fit") as refusal:
+        check_calibration_memory(model, splits, probe_settings(max_activation_gb=0.005), probe_gb=0.001)
+    fitting = int(re.search(r"at most (\d+) images fit", str(refusal.value)).group(1))
+    assert 0 < fitting < 400
+    assert check_calibration_memory(model, splits, probe_settings(max_activation_gb=0.005, calibration_size=fitting),
+                                    probe_gb=0.001) <= 0.004

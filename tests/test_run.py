@@ -148,6 +148,18 @@ def test_bad_input_exits_non_zero_with_a_message_and_writes_no_run(data_dir, tmp
     assert not (tmp_path / "outputs" / "runs").exists()
 
 
+def test_a_calibration_batch_past_the_memory_limit_is_refused_before_training(data_dir, tmp_path):
+    """The probed activations (the logits: 10 features) fit the limit; PreciseBN's one batch of 256 images
+    (VGG-8's block1 for each, about 4 MB) does not."""
+    result = run_phases("probe.layers=[logits]", "probe.train_size=256", "probe.calibration_size=256",
+                        "probe.max_activation_gb=0.002", data_dir=data_dir, outputs=tmp_path / "outputs")
+    assert result.returncode != 0
+    assert ("probe.calibration_size=256 is invalid: PreciseBN passes its 256 calibration images as one batch"
+            in result.stderr)
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "outputs" / "runs").exists()
+
+
 def test_missing_data_exits_non_zero_naming_files_folders_and_remedies(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -135,7 +135,8 @@ class ProbeConfig:
     classifier_train_size: int = 5000
     batch_size: int = 256  # images per forward pass when collecting activations (speed only; fits CPU caches)
     # precise_eval: the probe training images BatchNorm statistics are recomputed on, in one batch (the pass that
-    # extracts them): lower it for large images if that batch does not fit in memory.
+    # extracts them): lower it for large images if that batch does not fit in memory (a run whose batch would pass
+    # max_activation_gb is refused before training, saying how many images fit).
     calibration_size: int = 2000
     # Average-pool feature maps larger than this side (e.g. 4 -> at most C x 4 x 4) before probing;
     # null = probe the maps as they are. Pooling changes what is measured: only set it deliberately.

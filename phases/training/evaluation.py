@@ -21,7 +21,7 @@ from phases.config.probe_schema import BatchNormMode
 from phases.config.validation import ConfigError
 from phases.training.data import ImageSplits, subset_generator
 from phases.training.device import autocast
-from phases.training.features import collect_activations, frozen, pooled_shape
+from phases.training.features import batch_norms, collect_activations, frozen, pooled_shape
 from phases.training.models import ProbedNetwork
 from phases.training.output_metrics import OUTPUT_METRICS, build_output_metrics, classifier_measurements
 from phases.training.probes import OWN_DATASET, PROBES, Probe, ProbeData
@@ -122,6 +122,45 @@ def check_activation_memory(model: ProbedNetwork, datasets: dict[str, ImageSplit
                           f"training images per feature); probe fewer layers (probe.layers), fewer images "
                           f"(probe.train_size, probe.test_size, probe.min_images_per_feature), pool feature maps "
                           f"(probe.spatial_pool=4), or raise the limit")
+    return needed
+
+
+def check_calibration_memory(model: ProbedNetwork, splits: ImageSplits, probe_cfg: DictConfig,
+                             probe_gb: float = 0.0) -> float:
+    """GB PreciseBN's calibration batch holds at its peak, beside the `probe_gb` of kept activations; fails
+    (before any training) when both exceed probe.max_activation_gb. Its images pass as one batch, so every
+    layer's output exists for all of them at once: the peak is about the largest input plus output of one
+    layer, measured here on one image (float32)."""
+    if probe_cfg.bn_mode != BatchNormMode.precise_eval or not batch_norms(model):
+        return 0.0
+    train_counts, _ = point_counts(splits, probe_cfg, point_features(model, tuple(splits.train_images.shape[1:]),
+                                                                     probe_cfg))
+    calibration = min(probe_cfg.calibration_size, max(train_counts.values(), default=0))  # as the Evaluator's
+    largest = 0
+
+    def measure(module, inputs, output) -> None:
+        nonlocal largest
+        tensors = [value for value in (*inputs, output) if isinstance(value, torch.Tensor)]
+        largest = max(largest, sum(value[0].numel() for value in tensors))
+
+    leaves = [module for module in model.modules() if not any(module.children())]
+    hooks = [module.register_forward_hook(measure) for module in leaves]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(splits.train_images[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    needed = calibration * largest * 4 / 1e9
+    if probe_gb + needed > probe_cfg.max_activation_gb:
+        fitting = int(max(probe_cfg.max_activation_gb - probe_gb, 0) * 1e9 / (4 * largest))
+        raise ConfigError("probe.calibration_size", probe_cfg.calibration_size,
+                          f"PreciseBN passes its {calibration} calibration images as one batch, about {needed:.1f} GB "
+                          f"at the network's largest layer, beside {probe_gb:.1f} GB of probed activations: more "
+                          f"than probe.max_activation_gb={probe_cfg.max_activation_gb:g}; at most {fitting} images "
+                          f"fit (lower probe.calibration_size, or raise the limit if the machine has the memory)")
     return needed
 
 

@@ -32,7 +32,7 @@ from phases.store.record import CONFIG_FILE, METRICS_FILE, RECORD_FILE, RunRecor
 from phases.training.checkpoint import Checkpoint
 from phases.training.data import DataNotFoundError, ImageSplits, dataset_info, load_image_splits
 from phases.training.device import place_model, resolve_device
-from phases.training.evaluation import Evaluator, check_activation_memory, check_enabled
+from phases.training.evaluation import Evaluator, check_activation_memory, check_calibration_memory, check_enabled
 from phases.training.loggers import check_logger, metric_mirror
 from phases.training.models import ProbedNetwork, build_model
 from phases.training.optimizers import build_optimizer
@@ -124,7 +124,8 @@ def checked_execute(cfg: DictConfig, job_number: int) -> RunRecord | str:
     if problem:
         raise ConfigError("paths.outputs", cfg.paths.outputs, f"a folder this user can write ({problem})")
     datasets = load_datasets(cfg, device, partner, complement)
-    check_activation_memory(model, datasets, cfg.probe)
+    probed_gb = check_activation_memory(model, datasets, cfg.probe)
+    check_calibration_memory(model, datasets[OWN_DATASET], cfg.probe, probed_gb)
     training_images = len(datasets[OWN_DATASET].train_labels)
     if cfg.schedule.batch_size > training_images:
         raise ConfigError("schedule.batch_size", cfg.schedule.batch_size,
