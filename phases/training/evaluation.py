@@ -146,9 +146,11 @@ def check_calibration_memory(model: ProbedNetwork, splits: ImageSplits, probe_cf
     leaves = [module for module in model.modules() if not any(module.children())]
     hooks = [module.register_forward_hook(measure) for module in leaves]
     was_training = model.training
+    # On the model's device: before a run places it there, the data may already be on the GPU.
+    image = splits.train_images[:1].to(next(model.parameters(), splits.train_images).device)
     try:
         with torch.no_grad():
-            model.eval()(splits.train_images[:1])
+            model.eval()(image)
     finally:
         for hook in hooks:
             hook.remove()
