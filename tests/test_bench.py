@@ -68,13 +68,13 @@ def test_probing_floor_runs_both_configurations_and_prints_floor_measured_and_sh
     write_mnist_like(tmp_path / "data" / "FashionMNIST" / "raw", train=200, test=100)
     result = subprocess.run(
         [sys.executable, "-m", "phases.bench.probing_floor", "--steps", "4", "--outputs", str(tmp_path / "out"),
-         "--configurations", "every_point", "default", "arch.width=0.25", "probe.train_size=64",
+         "--configuration", "every_point", "--configuration", "default", "arch.width=0.25", "probe.train_size=64",
          "probe.test_size=48", "probe.classifier_train_size=100", "paths.system_data_dir=null"],
         cwd=REPOSITORY, env={**os.environ, "PHASES_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"},
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {line[:13].strip(): line[13:].split() for line in result.stdout.splitlines()[3:]}
-    assert list(rows) == ["every point", "default"]  # as --configurations names them
+    assert list(rows) == ["every point", "default"]  # in the order of the --configuration flags
     # 4 evaluations (steps 0, 1, 2 and 4) of the whole splits: 200 train images (block5's 128 features ask
     # for 4 x 128, capped at the split) and the 100 test images.
     assert rows["default"][:2] == ["2", "4"] and rows["default"][3] == "1200"

@@ -2,7 +2,7 @@
 
     python -m phases.bench.probing_floor                    # part of `make bench`
     python -m phases.bench.probing_floor --steps 512 arch.width=0.5
-    python -m phases.bench.probing_floor --configurations default      # the default run only
+    python -m phases.bench.probing_floor --configuration default arch.width=0.25   # the default run only
 
 For each probing configuration (the default run's points, and every point: probe.layers=null) it runs
 the real run (`python -m phases.run`, the defaults plus the given overrides, on the CPU, into
@@ -139,8 +139,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="schedule.max_steps (default: the default run's)")
     parser.add_argument("--outputs", type=Path, default=Path("outputs"))
     folders = {name.replace(" ", "_"): name for name in CONFIGURATIONS}  # on the command line and on disk
-    parser.add_argument("--configurations", nargs="+", choices=list(folders), default=list(folders),
-                        help="which to run (default: both; every_point took 15.5 minutes at width 1 on 2 cores)")
+    # One name per flag (repeatable): a list-valued flag would swallow the run overrides that follow it.
+    parser.add_argument("--configuration", action="append", choices=list(folders), dest="configurations",
+                        help="run this one (repeatable; default: both; every_point took 15.5 minutes at width 1 on "
+                             "2 cores)")
     parser.add_argument("overrides", nargs="*", help="more run overrides, e.g. arch.width=0.5 (CPU runs only)")
     arguments = parser.parse_args()
     if any(override.split("=")[0].lstrip("+~") == "paths.outputs" for override in arguments.overrides):
@@ -149,7 +151,7 @@ def main() -> None:
     overrides = ["device=cpu", *arguments.overrides,
                  *([f"schedule.max_steps={arguments.steps}"] if arguments.steps else [])]
     outputs = (arguments.outputs / "bench" / "probing_floor").resolve()
-    chosen = {folders[folder]: folder for folder in arguments.configurations}
+    chosen = {folders[folder]: folder for folder in arguments.configurations or folders}
     records = {name: measured_run([*overrides, *CONFIGURATIONS[name]], outputs / folder)
                for name, folder in chosen.items()}
     cfg = compose(overrides)
