@@ -145,16 +145,14 @@ def check_calibration_memory(model: ProbedNetwork, splits: ImageSplits, probe_cf
 
     leaves = [module for module in model.modules() if not any(module.children())]
     hooks = [module.register_forward_hook(measure) for module in leaves]
-    was_training = model.training
     # On the model's device: before a run places it there, the data may already be on the GPU.
     image = splits.train_images[:1].to(next(model.parameters(), splits.train_images).device)
     try:
-        with torch.no_grad():
-            model.eval()(image)
+        with torch.no_grad(), frozen(model, BatchNormMode.eval):
+            model(image)
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
     needed = calibration * largest * 4 / 1e9
     if probe_gb + needed > probe_cfg.max_activation_gb:
         fitting = int(max(probe_cfg.max_activation_gb - probe_gb, 0) * 1e9 / (4 * largest))
