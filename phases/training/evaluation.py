@@ -125,17 +125,23 @@ def check_activation_memory(model: ProbedNetwork, datasets: dict[str, ImageSplit
     return needed
 
 
+def calibration_count(train_probe_count: int, bn_mode: BatchNormMode, calibration_size: int) -> int:
+    """Images PreciseBN's one batch takes: the first probe training images, at most probe.calibration_size."""
+    return min(train_probe_count, calibration_size) if bn_mode == BatchNormMode.precise_eval else 0
+
+
 def check_calibration_memory(model: ProbedNetwork, splits: ImageSplits, probe_cfg: DictConfig,
                              probe_gb: float = 0.0) -> float:
     """GB PreciseBN's calibration batch holds at its peak, beside the `probe_gb` of kept activations; fails
     (before any training) when both exceed probe.max_activation_gb. Its images pass as one batch, so every
     layer's output exists for all of them at once: the peak is about the largest input plus output of one
     layer, measured here on one image (float32)."""
-    if probe_cfg.bn_mode != BatchNormMode.precise_eval or not batch_norms(model):
-        return 0.0
     train_counts, _ = point_counts(splits, probe_cfg, point_features(model, tuple(splits.train_images.shape[1:]),
                                                                      probe_cfg))
-    calibration = min(probe_cfg.calibration_size, max(train_counts.values(), default=0))  # as the Evaluator's
+    calibration = calibration_count(max(train_counts.values(), default=0), probe_cfg.bn_mode,
+                                    probe_cfg.calibration_size)
+    if not calibration or not batch_norms(model):
+        return 0.0
     largest = 0
 
     def measure(module, inputs, output) -> None:
@@ -253,8 +259,7 @@ class Evaluator:
         own_sets = self.sets[OWN_DATASET]
         # PreciseBN's statistics come from the first probe training images, in the pass that extracts them,
         # which therefore goes first: no image goes through the network twice.
-        calibration = (min(own_sets["train"].probe_count, self.calibration_size)
-                       if self.bn_mode == BatchNormMode.precise_eval else 0)
+        calibration = calibration_count(own_sets["train"].probe_count, self.bn_mode, self.calibration_size)
         with autocast(own_sets["train"].images.device), frozen(self.model, self.bn_mode):
             first = self._pass(own_sets["train"], calibration)
             passes = {name: {split: first if (name, split) == (OWN_DATASET, "train") else self._pass(evaluation_set)
