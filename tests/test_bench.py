@@ -46,15 +46,18 @@ def test_the_probing_floor_counts_each_solve_once_and_the_cross_validation_at_th
 
     both = floor_cfg()
     first, later = (point_flops(100, 400, 50, 1024, 10, both, first) for first in (True, False))
-    assert first - later == 4 * 100**3 + 2 * 100**2 * 1024  # the eigendecomposition and its projections
+    # The eigendecomposition and its projections, counted as the decoder's.
+    assert first["reconstruction"] - later["reconstruction"] == pytest.approx(4 * 100**3 + 2 * 100**2 * 1024)
+    assert first["linear"] == later["linear"]
     # The classifier alone computes the Gram the decoder shares with it in the default run.
     decoder = point_flops(100, 400, 50, 1024, 10, floor_cfg("probe.enabled=[reconstruction]"), False)
     classifier = point_flops(100, 400, 50, 1024, 10, floor_cfg("probe.enabled=[linear]"), False)
-    assert decoder + classifier == later + 100**2 * 400
+    assert decoder["reconstruction"] == later["reconstruction"]
+    assert classifier["linear"] == pytest.approx(later["linear"] + 100**2 * 400)
     # More features than images: the images x images system, whose Gram costs n^2 d instead of n d^2.
     wide = point_flops(400, 100, 50, 1024, 10, floor_cfg("probe.enabled=[reconstruction]"), False)
-    assert wide == 100**2 * 400 + 2 * 100 * 400 * 1024 + 100**3 / 3 + 2 * 100**2 * 1024 + 2 * 50 * 400 * 1024
-
+    assert wide == {"reconstruction": pytest.approx(100**2 * 400 + 2 * 100 * 400 * 1024 + 100**3 / 3
+                                                    + 2 * 100**2 * 1024 + 2 * 50 * 400 * 1024)}
 
 def test_the_probing_floor_refuses_probes_it_does_not_count():
     from phases.bench.probing_floor import probing_floor
@@ -73,7 +76,8 @@ def test_probing_floor_runs_both_configurations_and_prints_floor_measured_and_sh
         cwd=REPOSITORY, env={**os.environ, "PHASES_DATA_DIR": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"},
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = {line[:13].strip(): line[13:].split() for line in result.stdout.splitlines()[3:]}
+    table, breakdown = result.stdout.split("\n\n")
+    rows = {line[:13].strip(): line[13:].split() for line in table.splitlines()[3:]}
     assert list(rows) == ["every point", "default"]  # in the order of the --configuration flags
     # 4 evaluations (steps 0, 1, 2 and 4) of the whole splits: 200 train images (block5's 128 features ask
     # for 4 x 128, capped at the split) and the 100 test images.
@@ -82,3 +86,11 @@ def test_probing_floor_runs_both_configurations_and_prints_floor_measured_and_sh
     for row in rows.values():
         assert float(row[5]) > 0 and float(row[6].rstrip("x")) > 0 and 0 < float(row[7].rstrip("%")) < 100
         assert 0 < float(row[8].rstrip("%")) < 100  # the share probing would have at its floor
+    # Each configuration's time by task beside the task's floor, from the runs' probing_time_by_task_s.
+    parts = {line[:13].strip(): line[13:].strip().split("; ") for line in breakdown.splitlines()[1:]}
+    assert list(parts) == ["every point", "default"]
+    for part in parts.values():
+        assert [entry.split()[0] for entry in part] == ["activations", "reconstruction", "linear", "other"]
+        for entry in part[:3]:
+            _, measured, _, floor, ratio = entry.split()
+            assert float(measured) > 0 and float(floor) >= 0 and float(ratio.strip("()x")) > 0

@@ -59,6 +59,11 @@ def test_run_folder_has_config_provenance_and_metrics(finished_run):
         assert key in record
     assert set(record["versions"]) >= {"python", "torch", "torchvision", "hydra"}
     assert record["training_time_s"] + record["probing_time_s"] <= record["wall_time_s"]
+    # Where the probing time went: each task of the evaluations, summing to it (the clock starts and stops
+    # within the evaluation the loop times).
+    by_task = record["probing_time_by_task_s"]
+    assert set(by_task) == {"activations", "reconstruction", "linear", "sample_loss", "metrics file"}
+    assert 0.9 * record["probing_time_s"] - 0.01 <= sum(by_task.values()) <= record["probing_time_s"] + 0.01
 
 
 def test_result_files_get_the_mode_of_any_new_file_not_a_private_one(finished_run):

@@ -20,6 +20,8 @@ the real run (`python -m phases.run`, the defaults plus the given overrides, on 
 
 Prints both, their ratio, probing's share of the run's time (training plus probing), and the share it
 would have at its floor: the least any probing implementation could reach at these settings on this machine.
+Then where the time goes: each task's measured time (run.json's probing_time_by_task_s: the forward passes,
+each probe) beside its own part of the floor.
 """
 
 from __future__ import annotations
@@ -53,37 +55,42 @@ FLOORED_PROBES = {"reconstruction", "linear", "sample_loss"}  # what the floor c
 
 @dataclass
 class Floor:
-    """One run's probing floor: the solves' FLOPs over all its evaluations, and the images passed."""
+    """One run's probing floor: its solves' FLOPs over all its evaluations by probe, and the images passed."""
 
-    flops: float
+    flops: dict[str, float]  # probe -> FLOPs
     images: int
     evaluations: int
     points: int
 
+    def seconds_by_task(self, flops_per_second: float, images_per_second: float) -> dict[str, float]:
+        """The floor of each of the run's probing tasks, as run.json's probing_time_by_task_s names them."""
+        return {"activations": self.images / images_per_second,
+                **{probe: flops / flops_per_second for probe, flops in self.flops.items()}}
+
     def seconds(self, flops_per_second: float, images_per_second: float) -> float:
-        return self.flops / flops_per_second + self.images / images_per_second
+        return sum(self.seconds_by_task(flops_per_second, images_per_second).values())
 
 
 def point_flops(features: int, images: int, test_images: int, pixels: int, classes: int, cfg: DictConfig,
-                first: bool) -> float:
-    """FLOPs of one evaluation's exact solves at one point (module docstring), for the enabled probes."""
+                first: bool) -> dict[str, float]:
+    """FLOPs of one evaluation's exact solves at one point (module docstring), by enabled probe."""
     # The primal system is features x features; the dual (more features than images), images x images.
     size, other = (features, images) if features <= images else (images, features)
-    flops = 0.0
+    flops = {}
     enabled = set(cfg.probe.enabled)
     gram = size * size * other  # computed once per point, shared by the decoder and the classifier
     if "reconstruction" in enabled:
-        flops += gram + 2 * images * features * pixels + size**3 / 3 + 2 * size**2 * pixels
-        flops += 2 * test_images * features * pixels
+        flops["reconstruction"] = (gram + 2 * images * features * pixels + size**3 / 3 + 2 * size**2 * pixels
+                                   + 2 * test_images * features * pixels)
         if first and cfg.probe.reconstruction.ridge == RIDGE_BY_GCV:
-            flops += 4 * size**3 + 2 * size**2 * pixels
+            flops["reconstruction"] += 4 * size**3 + 2 * size**2 * pixels
     if "linear" in enabled:
         linear = cfg.probe.linear
         preconditioned = linear.preconditioned and features <= images
-        if preconditioned:
-            flops += size**3 / 3 + (0 if "reconstruction" in enabled else gram)
         iterations = linear.max_iterations or (PRECONDITIONED_ITERATIONS if preconditioned else PLAIN_ITERATIONS)
-        flops += iterations * 4 * images * features * classes + 2 * (images + test_images) * features * classes
+        flops["linear"] = iterations * 4 * images * features * classes + 2 * (images + test_images) * features * classes
+        if preconditioned:
+            flops["linear"] += size**3 / 3 + (0 if "reconstruction" in enabled else gram)
     return flops
 
 
@@ -103,9 +110,12 @@ def probing_floor(cfg: DictConfig, splits: ImageSplits) -> Floor:
     train, test = sets["train"], sets["test"]
     steps = evaluation_steps(cfg.schedule.max_steps)
     pixels, classes = math.prod(image_shape), splits.info.classes
-    flops = sum(point_flops(features[point], train.point_counts[point], test.point_counts[point], pixels, classes,
-                            cfg, first)
-                for first in [True] + [False] * (len(steps) - 1) for point in features)
+    flops: dict[str, float] = {}
+    for first in [True] + [False] * (len(steps) - 1):
+        for point in features:
+            for probe, count in point_flops(features[point], train.point_counts[point], test.point_counts[point],
+                                            pixels, classes, cfg, first).items():
+                flops[probe] = flops.get(probe, 0.0) + count
     return Floor(flops, len(steps) * (len(train.images) + len(test.images)), len(steps), len(features))
 
 
@@ -164,14 +174,24 @@ def main() -> None:
               f"{'probing s':>9} {'probing/floor':>13} {'share of run':>12} {'at floor':>8}")
     print(header)
     print("-" * len(header))
-    for name in chosen:
-        floor = probing_floor(compose([*overrides, *CONFIGURATIONS[name]]), splits)
+    floors = {name: probing_floor(compose([*overrides, *CONFIGURATIONS[name]]), splits) for name in chosen}
+    for name, floor in floors.items():
         probing, training = records[name]["probing_time_s"], records[name]["training_time_s"]
         floor_seconds = floor.seconds(flops_per_second, images_per_second)
-        print(f"{name:<13} {floor.points:>6} {floor.evaluations:>5} {floor.flops / 1e9:>11.0f} {floor.images:>8} "
-              f"{floor_seconds:>8.2f} {probing:>9.2f} {probing / floor_seconds:>12.2f}x "
+        print(f"{name:<13} {floor.points:>6} {floor.evaluations:>5} {sum(floor.flops.values()) / 1e9:>11.0f} "
+              f"{floor.images:>8} {floor_seconds:>8.2f} {probing:>9.2f} {probing / floor_seconds:>12.2f}x "
               f"{probing / (probing + training):>12.1%} {floor_seconds / (floor_seconds + training):>8.1%}",
               flush=True)
+    print("\nwhere probing's time goes: measured s / floor s (ratio), from run.json's probing_time_by_task_s")
+    for name, floor in floors.items():
+        measured = dict(records[name]["probing_time_by_task_s"])
+        parts = []
+        for task, floor_part in floor.seconds_by_task(flops_per_second, images_per_second).items():
+            seconds = measured.pop(task)
+            parts.append(f"{task} {seconds:.2f} / {floor_part:.2f} ({seconds / floor_part:.1f}x)")
+        # What the floor does not count: output metrics reading the logits, writing the metrics file.
+        parts.append(f"other {sum(measured.values()):.2f} / 0")
+        print(f"{name:<13} " + "; ".join(parts), flush=True)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,9 @@ class RunRecord:
     wall_time_s: float | None = None  # this attempt
     training_time_s: float | None = None  # summed over every attempt of a resumed run
     probing_time_s: float | None = None
+    # This attempt's probing seconds by task: "activations" (the forward passes and the classifier's own
+    # metrics), each probe, each output metric, "metrics file"; where probing_time_s goes.
+    probing_time_by_task_s: dict[str, float] | None = None
     # Code version, library versions and machine: git_commit, git_dirty, versions, host, device, cpu_threads;
     # under SLURM or submitit, slurm_job_id and submitit_logs (phases.training.provenance).
     provenance: dict[str, Any] = field(default_factory=dict)

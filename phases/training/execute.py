@@ -46,7 +46,7 @@ from phases.training.probes import (
 )
 from phases.training.provenance import cluster_job, provenance
 from phases.training.run_log import open_run_log, run_logging
-from phases.training.train import Interrupted, TrainingState, train
+from phases.training.train import Interrupted, StageClock, TrainingState, train
 
 # What execute() reports besides a finished run: nothing was run by this process.
 SKIPPED, LOCKED = "skipped", "locked"
@@ -193,17 +193,20 @@ def attempt(cfg: DictConfig, model: ProbedNetwork, datasets: dict[str, ImageSpli
     evaluator.restore(rows)  # a resumed run's rows: what its probes chose at the first evaluation
     identity = {"run_id": folder.name, "dataset": cfg.dataset.name, "arch": cfg.arch.name,
                 "optimizer": optimizer_name(cfg), "seed": cfg.seed}
+    clock = StageClock()
     with metric_mirror(cfg, folder, 0 if state is None else state.step, rows) as mirror:
 
         def evaluate(step: int, epoch: float, show: Callable[[str], None]) -> float:
             started = time.perf_counter()
-            measured = evaluator(lambda stage: show(str(stage)))
+            measured = evaluator(clock.showing(show))
+            clock.start("metrics file")
             new_rows = [{**identity, "step": step, "epoch": epoch, **row} for row in measured]
             rows.extend(new_rows)
             # Rewritten whole after every evaluation: a reader sees the steps so far, never a partial file.
             write_metrics(metrics_path, rows)
             record.steps_evaluated = step
             mirror.log_rows(new_rows)
+            clock.stop()
             accuracy = next(row["value"] for row in measured
                             if row["probe"] == "classifier" and row["metric"] == "accuracy" and row["split"] == "test")
             LOGGER.info(f"run {folder.name}: step {step} evaluated in {time.perf_counter() - started:.1f} s, "
@@ -212,6 +215,7 @@ def attempt(cfg: DictConfig, model: ProbedNetwork, datasets: dict[str, ImageSpli
 
         state = train(model, optimizer, datasets[OWN_DATASET], cfg.schedule, cfg.seed, evaluate, checkpoint.save,
                       state, stop_requested, progress=cfg.progress, log_loss=mirror.log_loss)
+    record.probing_time_by_task_s = {task: round(seconds, 3) for task, seconds in clock.seconds.items()}
     return checkpoint, state
 
 

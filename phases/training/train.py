@@ -111,6 +111,29 @@ def _is_integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+class StageClock:
+    """Seconds of probing per task (the activations pass, each probe, each output metric, the metrics file),
+    summed over the evaluations it times: a stage lasts until the next one starts or `stop`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.task: str | None = None
+        self.since = 0.0
+
+    def start(self, task: str | None) -> None:
+        now = time.perf_counter()
+        if self.task is not None:
+            self.seconds[self.task] = self.seconds.get(self.task, 0.0) + now - self.since
+        self.task, self.since = task, now
+
+    def stop(self) -> None:
+        self.start(None)
+
+    def showing(self, show: Callable[[str], None]) -> Callable[[Any], None]:
+        """`show` for an Evaluator: each stage (an EvaluationStage) is timed under its task and displayed."""
+        return lambda stage: (self.start(stage.task), show(str(stage)))
+
+
 def probing_display(bar: tqdm, step: int) -> Callable[[str], None]:
     """Show `doing` before the bar while the evaluation of `step` runs (a redraw: microseconds, once
     per probe fit; nothing when the bar is disabled)."""
