@@ -121,6 +121,7 @@ class StageClock:
         self.since = 0.0
 
     def start(self, task: str | None) -> None:
+        """End the running stage, if any, and start `task`'s (None: no stage runs until the next start)."""
         now = time.perf_counter()
         if self.task is not None:
             self.seconds[self.task] = self.seconds.get(self.task, 0.0) + now - self.since
@@ -131,7 +132,12 @@ class StageClock:
 
     def showing(self, show: Callable[[str], None]) -> Callable[[Any], None]:
         """`show` for an Evaluator: each stage (an EvaluationStage) is timed under its task and displayed."""
-        return lambda stage: (self.start(stage.task), show(str(stage)))
+
+        def timed(stage: Any) -> None:
+            self.start(stage.task)
+            show(str(stage))
+
+        return timed
 
 
 def probing_display(bar: tqdm, step: int) -> Callable[[str], None]:
